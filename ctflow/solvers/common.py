@@ -1,0 +1,51 @@
+"""Pieces shared by the solvers: their output record and the model-space problem.
+
+A prior works on x_m = a·μ + b.  With y = A μ + η (noise std σ) the same data in model
+space are  y_m = a·y + b·A𝟙 = A x_m + a·η,  noise std a·σ.  Flow solvers solve that
+problem and map the result back with μ = (x_m − b)/a.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..operators import LinearOperator
+from ..priors.base import Prior
+
+
+@dataclass
+class SolverOutput:
+    image: torch.Tensor  # (B, C, H, W) in the operator's input units
+    nfe: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelProblem:
+    y: torch.Tensor  # model-space measurements a·y + b·A𝟙
+    op: LinearOperator
+    noise_std: float  # model-space noise std a·σ (0 for noiseless)
+    prior: Prior
+
+    def to_physical(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prior.to_physical(x)
+
+
+def model_problem(
+    y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | None
+) -> ModelProblem:
+    """Express y = A μ + η in the prior's model space (see module docstring)."""
+    ones = torch.ones(1, 1, *op.in_shape, dtype=y.dtype, device=y.device)
+    with torch.no_grad():
+        y_m = prior.scale * y + prior.offset * op(ones)
+    sigma = 0.0 if noise_std is None else float(noise_std) * abs(prior.scale)
+    return ModelProblem(y=y_m, op=op, noise_std=sigma, prior=prior)
+
+
+def seeded_noise(shape: tuple[int, ...], seed: int, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise from a CPU generator (same seed, same noise on any device)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(like.device, like.dtype)
