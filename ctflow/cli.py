@@ -1,21 +1,39 @@
-"""The ``ctflow`` command.  Each subcommand lives in a ``_cmd_*`` function; errors of ctflow
-become one line on stderr and exit code 2."""
+"""The ``ctflow`` command.
+
+Each subcommand is a module in ``ctflow.commands`` exposing ``register(subparsers)``, which
+adds its parser and sets ``func`` to the function that runs it (``run(args) -> int``).
+Typed ctflow errors (and other expected failures such as unreadable files) become one line
+on stderr and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from . import __version__
+from .errors import CtflowError
+
+COMMANDS = ("simulate", "reconstruct", "info", "train", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctflow",
-        description="CT reconstruction with exact projection operators and flow-matching priors.",
+        description="CT reconstruction with exact projection operators and flow-matching "
+        "priors. Run 'ctflow COMMAND --help' for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"ctflow {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"ctflow.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ctflow.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
     return parser
 
 
@@ -25,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    try:
+        return int(args.func(args) or 0)
+    except (CtflowError, ValueError, OSError) as exc:
+        print(f"ctflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ctflow {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

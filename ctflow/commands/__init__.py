@@ -1,0 +1,1 @@
+"""Subcommands of the ``ctflow`` CLI, one module each (see ctflow.cli)."""
