@@ -1,0 +1,50 @@
+"""ctflow.reconstruct argument checking and the solver registry."""
+
+import pytest
+import torch
+
+import ctflow
+from ctflow.errors import InputError, MethodError, PriorError
+from ctflow.operators import LinearOperator
+from ctflow.priors import GaussianPrior
+from ctflow.solvers import SOLVERS
+
+
+class Sub2(LinearOperator):
+    """Keep every second pixel of each row (a tiny exact operator for API tests)."""
+
+    def __init__(self, n: int):
+        super().__init__((n, n), (n, n // 2))
+
+    def _apply(self, x):
+        return x[..., ::2]
+
+    def _apply_adjoint(self, y):
+        out = torch.zeros(*y.shape[:-1], self.in_shape[1], dtype=y.dtype, device=y.device)
+        out[..., ::2] = y
+        return out
+
+
+def test_registry_names_match_design():
+    expected = {"fbp", "cgls", "sirt", "tv", "pigfm", "otode", "conjugate",
+                "conjugate-diffusion", "msflow", "dflow", "pnpflow", "flowdps", "dps", "flower"}
+    assert set(SOLVERS) == expected
+
+
+def test_unknown_method():
+    op = Sub2(8)
+    with pytest.raises(MethodError, match="unknown method"):
+        ctflow.reconstruct(torch.zeros(1, 1, 8, 4), op, method="nope")
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(1, 1, 8, 5), torch.zeros(8, 4),
+                                 torch.full((1, 1, 8, 4), float("nan"))])
+def test_bad_measurements(bad):
+    with pytest.raises(InputError):
+        ctflow.reconstruct(bad, Sub2(8), method="cgls")
+
+
+def test_prior_size_mismatch():
+    prior = GaussianPrior(torch.zeros(4, 4), torch.ones(4, 4))
+    with pytest.raises(PriorError, match="prior is for"):
+        ctflow.reconstruct(torch.zeros(1, 1, 8, 4), Sub2(8), method="pigfm", prior=prior)
