@@ -78,6 +78,14 @@ class LinearOperator:
     def T(self) -> LinearOperator:
         return AdjointOperator(self)
 
+    def _check_in(self, x: object) -> None:
+        """OperatorInputError unless x is a real float image batch (B, C, *in_shape)."""
+        check_tensor(x, self.in_shape, "image", type(self).__name__)
+
+    def _check_out(self, y: object) -> None:
+        """OperatorInputError unless y is a real float measurement batch (B, C, *out_shape)."""
+        check_tensor(y, self.out_shape, "measurement", type(self).__name__)
+
     def _batched(
         self, x: torch.Tensor, shape_in: tuple[int, ...], shape_out: tuple[int, ...], adjoint: bool
     ) -> torch.Tensor:
@@ -110,13 +118,18 @@ class LinearOperator:
         maxiter: int = 200,
     ) -> torch.Tensor:
         """Solve (AᵀA + ρ I) x = rhs (per batch item) by conjugate gradients."""
-        if rho < 0:
+        if not rho >= 0:
             raise OperatorInputError(f"solve_normal needs rho >= 0, got {rho}")
+        if x0 is not None:
+            check_same_device(rhs, x0)
+            self._check_in(x0)
+        self._check_in(rhs)
         with torch.no_grad():
             return cg(lambda v: self.normal(v) + rho * v, rhs, x0=x0, tol=tol, maxiter=maxiter)
 
     def pinv(self, y: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
         """A⁺ y: minimum-norm least-squares solution by CGLS started at 0."""
+        self._check_out(y)
         with torch.no_grad():
             return cgls(self.forward, self.adjoint, y, self.in_shape, tol=tol, maxiter=maxiter)
 
@@ -201,18 +214,56 @@ class ScaledOperator(LinearOperator):
     def projector(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.projector(x) if self.scale != 0.0 else torch.zeros_like(x)
 
+    def solve_normal(self, rhs: torch.Tensor, rho: float, x0: torch.Tensor | None = None,
+                     tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
+        """(c²AᵀA + ρI) x = b  ⇔  (AᵀA + ρ/c² I) x = b/c²."""
+        if self.scale == 0.0:
+            return super().solve_normal(rhs, rho, x0=x0, tol=tol, maxiter=maxiter)
+        c2 = self.scale**2
+        return self.op.solve_normal(rhs / c2, rho / c2, x0=x0, tol=tol, maxiter=maxiter)
+
+    def norm(self, *args, **kw) -> float:
+        return abs(self.scale) * self.op.norm(*args, **kw)
+
 
 def check_tensor(x: object, shape: tuple[int, ...], what: str, owner: str) -> None:
-    """Raise a clear OperatorInputError unless x is a float tensor (..., *shape)."""
+    """Raise a clear OperatorInputError unless x is a float tensor (..., *shape) with data."""
     if not isinstance(x, torch.Tensor):
         raise OperatorInputError(f"{owner}: {what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point() or x.is_complex():
         raise OperatorInputError(f"{owner}: {what} must be a real float tensor, got {x.dtype}")
+    if x.device.type == "meta":
+        raise OperatorInputError(f"{owner}: {what} is on the 'meta' device (no data)")
     if x.ndim < len(shape) + 1 or tuple(x.shape[-len(shape):]) != shape:
         raise OperatorInputError(
             f"{owner}: {what} must have shape (B, C, {', '.join(map(str, shape))}), "
             f"got {tuple(x.shape)}"
         )
+
+
+def check_same_device(*tensors: torch.Tensor) -> None:
+    """OperatorInputError unless all tensors live on one device."""
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise OperatorInputError(
+            f"tensors are on different devices: {', '.join(sorted(map(str, devices)))}"
+        )
+
+
+def idempotence_error(op: LinearOperator, x: torch.Tensor | None = None, seed: int = 0,
+                      dtype: torch.dtype = torch.float32) -> float:
+    """‖P(Px) − Px‖ / ‖Px‖ for P = ``op.projector`` (0 for an exact projector).
+
+    x defaults to a seeded standard-normal image (1, 1, *in_shape).
+    """
+    if x is None:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, 1, *op.in_shape, generator=gen, dtype=dtype)
+    with torch.no_grad():
+        px = op.projector(x)
+        ppx = op.projector(px)
+    denom = float(px.double().norm())
+    return float((ppx - px).double().norm()) / denom if denom > 0 else 0.0
 
 
 def dot_test(
