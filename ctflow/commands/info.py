@@ -1,0 +1,126 @@
+"""``ctflow info``: describe an HDF5 sinogram / reconstruction file or a DICOM CT series."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+UNITS = {"pixel_size_mm": "mm", "det_spacing_mm": "mm", "source_origin_mm": "mm",
+         "origin_det_mm": "mm", "image_size": "px", "det_count": "bins"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "info", help="describe a sinogram/reconstruction file or a DICOM series",
+        description="Print shapes, geometry, units, value ranges, ground truth and noise model "
+        "of an HDF5 file (ctflow, LoDoPaB-style, DXchange) or of a DICOM CT series folder.")
+    p.add_argument("path", metavar="FILE_OR_FOLDER", help="HDF5 file or DICOM series folder")
+    p.add_argument("--preset", default=None,
+                   help="geometry for files without one: 'lodopab', a geometry JSON text "
+                   "or a .json file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        lines = describe_series(args.path)
+    elif path.is_file():
+        if _is_dicom_file(path):
+            raise InputError(f"{args.path}: a single DICOM file; pass its series folder")
+        lines = describe_hdf5(args.path, args.preset)
+    else:
+        raise InputError(f"{args.path}: no such file or folder")
+    print("\n".join(lines))
+    return 0
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _range(a: np.ndarray, unit: str) -> str:
+    return f"[{float(a.min()):.4g}, {float(a.max()):.4g}] {unit}".rstrip()
+
+
+def describe_geometry(geometry) -> list[str]:
+    spec = json.loads(geometry.to_json())
+    lines = ["geometry:"]
+    for key, value in spec.items():
+        if value is not None:
+            lines.append(f"  {key:<18}{value} {UNITS.get(key, '')}".rstrip())
+    angles = np.asarray(geometry.angles)
+    lines.append(f"  {'angles':<18}{len(angles)} views, "
+                 f"{np.degrees(angles.min()):.4g}° … {np.degrees(angles.max()):.4g}°")
+    return lines
+
+
+def describe_hdf5(path: str, preset: str | None) -> list[str]:
+    from ..io.hdf5 import file_kind, read_reconstruction, read_sinogram
+
+    kind = file_kind(path)
+    if kind == "reconstruction":
+        rec = read_reconstruction(path)
+        lines = [f"{path}: ctflow reconstruction (HDF5, format 1)",
+                 f"image             {rec.image_hu.shape} float32 (slices, H, W), "
+                 f"{_range(rec.image_hu, 'HU')}"]
+        lines += describe_geometry(rec.geometry)
+        lines += [f"{k:<18}{v}" for k, v in rec.attrs.items() if k != "content"]
+        lines += _metadata(rec.metadata)
+        return lines
+    data = read_sinogram(path, preset=preset)
+    lines = [f"{path}: sinogram file, layout {data.layout}",
+             f"sinogram          {data.sinogram.shape} float32 (slices, views, detectors), "
+             f"post-log line integrals, {_range(data.sinogram, '')}"]
+    lines += describe_geometry(data.geometry)
+    if data.image_hu is not None:
+        lines.append(f"ground truth      {data.image_hu.shape} float32 HU, "
+                     f"{_range(data.image_hu, 'HU')}")
+    else:
+        lines.append("ground truth      none")
+    model = data.attrs.get("noise_model", "unknown")
+    detail = [f"{k} {data.attrs[k]}" for k in ("photons", "noise", "noise_std", "seed")
+              if k in data.attrs]
+    lines.append(f"noise model       {model}" + (f" ({', '.join(detail)})" if detail else ""))
+    others = {k: v for k, v in data.attrs.items()
+              if k not in ("noise_model", "photons", "noise", "noise_std", "seed")}
+    lines += [f"{k:<18}{v}" for k, v in others.items()]
+    lines += [f"note              {n}" for n in data.notes]
+    lines += _metadata(data.metadata)
+    return lines
+
+
+def _metadata(metadata: dict) -> list[str]:
+    if not metadata:
+        return []
+    return ["metadata:"] + [f"  {k:<26}{v}" for k, v in metadata.items()]
+
+
+def describe_series(folder: str) -> list[str]:
+    from ..io.dicom import read_series
+
+    vol = read_series(folder)
+    dz, dy, dx = vol.spacing
+    lines = [f"{folder}: DICOM CT series, {len(vol.files)} file(s)",
+             f"series uid        {vol.series_uid}",
+             f"description       {vol.series_description}",
+             f"volume            {vol.hu.shape} (slices, rows, columns), "
+             f"{_range(vol.hu, 'HU')}",
+             f"spacing           {dz:.4g} × {dy:.4g} × {dx:.4g} mm (slice, row, column)",
+             f"orientation       {' '.join(f'{v:.4g}' for v in vol.orientation)}",
+             f"first position    {' '.join(f'{v:.4g}' for v in vol.positions[0])} mm",
+             f"padding pixels    "
+             f"{0 if vol.padding_mask is None else int(vol.padding_mask.sum())}"]
+    for key in ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID"):
+        if key in vol.reference:
+            lines.append(f"{key:<19} {vol.reference[key]}")
+    return lines
