@@ -1,0 +1,162 @@
+"""Pieces shared by the pseudo-inverse-guided flow samplers (ΠGFM, OT-ODE, C-ΠGFM, C-ΠGDM).
+
+All of them integrate a guided flow ODE (model space, t = 0 noise, t = 1 data)
+
+    dx/dt = v(x, t) + c(t) · J_x̂1ᵀ (ŷ_t − P x̂1),   x̂1 = x + (1−t) v,  J_x̂1 = I + (1−t) J_v,
+
+where P = A⁺A and ŷ_t is the *effective target* in A's row space:
+
+* noiseless (σ_y = 0):  ŷ = ỹ = A⁺y, so ŷ − P x̂1 = A⁺(y − A x̂1);
+* noisy:  ŷ_t = P (AᵀA + ρ_t I)⁻¹ (Aᵀy + ρ_t P x̂1),  ρ_t = σ_y² / r_t²,
+  r_t² = (1−t)² / (t² + (1−t)²).
+
+Derivation of the noisy target: in an SVD basis A = U S Vᵀ, per singular value s_k the
+ΠGDM guidance is r_t² · Aᵀ(r_t² AAᵀ + σ_y² I)⁻¹(y − A x̂1) → s_k (y_k − s_k x̂_k)/(s_k² + ρ_t),
+and ŷ_k − x̂_k with ŷ_k = (s_k y_k + ρ_t x̂_k)/(s_k² + ρ_t) is exactly that.  So
+c(t)(ŷ_t − P x̂1) *is* the noise-aware ΠGDM guidance (scaled by r_t²), exact for every operator,
+computed with one ``op.solve_normal`` (closed form for masks / SR / blur, CG for CT).  Noise is
+never amplified: directions with s_k² ≪ ρ_t follow the prior (ŷ_k ≈ x̂_k).  The solvers keep
+the noiseless structure (c·ŷ is a forcing in P's range, −c·P x a stiff linear part) and freeze
+ŷ_t over a step, i.e. the part c·(P − W_t) x̂1 with W_t = (AᵀA + ρ_t)⁻¹AᵀA is explicit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import MethodError
+from ..operators import LinearOperator
+from ..priors.base import Prior
+from .common import ModelProblem, seeded_noise
+
+DEFAULTS_FILE = Path(__file__).with_name("conjugate_defaults.json")
+FAMILIES = ("ct", "inpainting", "sr", "blur")
+_FAMILY_OF_CLASS = {
+    "ParallelBeam2D": "ct",
+    "FanBeam2D": "ct",
+    "Inpainting": "inpainting",
+    "SuperResolution": "sr",
+    "GaussianBlur": "blur",
+}
+
+
+# -- network calls -----------------------------------------------------------------------
+def velocity_and_vjp(
+    prior: Prior, x: torch.Tensor, t: float
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """v(x, t) (1 NFE) and a function cot ↦ J_vᵀ cot (1 NFE per call) on the same graph.
+
+    ``Prior.velocity_vjp`` needs the cotangent up front, but here it depends on v itself
+    (r = ŷ − P x̂1), so the forward keeps its graph and the VJP follows: one forward and one
+    VJP per step, both counted in ``prior.nfe``.
+    """
+    prior.nfe += 1
+    tt = prior._time(t, x)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        v = prior._velocity(xg, tt)
+
+    def vjp(cot: torch.Tensor) -> torch.Tensor:
+        prior.nfe += 1
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(v, xg, grad_outputs=cot)
+        return g.detach()
+
+    return v.detach(), vjp
+
+
+# -- data terms --------------------------------------------------------------------------
+def r2(t: float) -> float:
+    """r_t² = (1−t)² / (t² + (1−t)²), the ΠGDM variance of x1 given x_t (unit data prior)."""
+    return (1 - t) ** 2 / (t * t + (1 - t) ** 2)
+
+
+def pseudo_inverse_data(problem: ModelProblem) -> torch.Tensor:
+    """ỹ = A⁺ y (in P's range)."""
+    with torch.no_grad():
+        return problem.op.pinv(problem.y)
+
+
+def effective_target(problem: ModelProblem, y_tilde: torch.Tensor, aty: torch.Tensor | None,
+                     p_x1: torch.Tensor, t: float) -> torch.Tensor:
+    """ŷ_t of the module docstring: ỹ if noiseless, else P(AᵀA + ρ_t)⁻¹(Aᵀy + ρ_t P x̂1)."""
+    if problem.noise_std <= 0 or aty is None:
+        return y_tilde
+    rho = problem.noise_std**2 / max(r2(t), 1e-12)
+    with torch.no_grad():
+        u = problem.op.solve_normal(aty + rho * p_x1, rho)
+        return problem.op.projector(u)
+
+
+def adjoint_data(problem: ModelProblem) -> torch.Tensor | None:
+    """Aᵀy for noisy problems (None when noiseless: then it is not needed)."""
+    if problem.noise_std <= 0:
+        return None
+    with torch.no_grad():
+        return problem.op.T(problem.y)
+
+
+# -- start and grid ----------------------------------------------------------------------
+def start_state(y_tilde: torch.Tensor, tau: float, seed: int) -> torch.Tensor:
+    """x(τ) = τ·ỹ + (1−τ)·z with z = seeded_noise(ỹ.shape, seed)."""
+    z = seeded_noise(tuple(y_tilde.shape), seed, y_tilde)
+    return tau * y_tilde + (1 - tau) * z
+
+
+def uniform_grid(t0: float, steps: int) -> np.ndarray:
+    """t_i = t0 + i (1 − t0)/K, i = 0 … K."""
+    return np.linspace(float(t0), 1.0, int(steps) + 1)
+
+
+def steps_for_budget(nfe: int, per_step: int) -> int:
+    """Number of steps that fit an NFE budget; MethodError if not even one."""
+    if int(nfe) != nfe or nfe < per_step:
+        raise MethodError(f"nfe must be an integer >= {per_step} here, got {nfe}")
+    return int(nfe) // per_step
+
+
+def check_unit_interval(name: str, value: float, low_open: bool = False) -> float:
+    value = float(value)
+    ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
+    if not ok:
+        interval = "(0, 1)" if low_open else "[0, 1)"
+        raise MethodError(f"{name} must lie in {interval}, got {value}")
+    return value
+
+
+# -- defaults ----------------------------------------------------------------------------
+def operator_family(op: LinearOperator) -> str | None:
+    """Task family of an operator from its class (or a base class) name; None if unknown."""
+    for cls in type(op).__mro__:
+        if cls.__name__ in _FAMILY_OF_CLASS:
+            return _FAMILY_OF_CLASS[cls.__name__]
+    return None
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, Any]:
+    with DEFAULTS_FILE.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def resolve_options(method: str, op: LinearOperator, task_family: str | None,
+                    **given: Any) -> dict[str, Any]:
+    """Given (non-None) options win, then the family's tuned values, then the generic ones."""
+    if task_family is not None and task_family not in FAMILIES:
+        raise MethodError(f"unknown task_family {task_family!r}; choose one of "
+                          f"{', '.join(FAMILIES)} or None")
+    family = task_family or operator_family(op)
+    entry = _table()["methods"][method]
+    out = dict(entry["generic"])
+    if family is not None:
+        out.update(entry.get("families", {}).get(family, {}))
+    out.update({k: v for k, v in given.items() if v is not None})
+    out["task_family"] = family
+    return out

@@ -1,0 +1,141 @@
+"""ΠGFM and OT-ODE (Euler baselines) on a Gaussian toy prior with exact velocity.
+
+Each is checked against its guided ODE solved to 1e-11 by scipy (independent NumPy velocity).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+import ctflow
+from ctflow.errors import MethodError
+from ctflow.operators import SuperResolution
+from ctflow.priors.gaussian import GaussianPrior
+from ctflow.solvers.common import seeded_noise
+from ctflow.solvers.conjugate import conjugate
+from ctflow.solvers.guidance import r2
+from ctflow.solvers.pigfm import otode, pigfm
+
+N = 4
+NFES = (5, 10, 20, 40, 80)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation waits on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_toy(noise: float = 0.0):
+    """16-D Gaussian prior (random basis), ×2 average-pool SR (P is not diagonal here)."""
+    g = torch.Generator().manual_seed(1)
+    u, _ = torch.linalg.qr(torch.randn(N * N, N * N, generator=g, dtype=torch.float64))
+    mean = 0.3 * torch.randn(N, N, generator=g, dtype=torch.float64)
+    var = 0.5 * torch.exp(torch.randn(N, N, generator=g, dtype=torch.float64))
+    prior = GaussianPrior(mean, var, basis=u)
+    op = SuperResolution(image_size=N, factor=2)
+    y = op(prior.sample_data(1, seed=7))
+    if noise:
+        y = y + noise * torch.randn(y.shape, generator=torch.Generator().manual_seed(8),
+                                    dtype=y.dtype)
+    return prior, op, y, u.numpy(), mean.numpy().ravel(), var.numpy().ravel()
+
+
+def reference(prior_parts, op, y, start, weight, jacobian, noise=0.0, seed=0):
+    u, m, s2 = prior_parts
+    # P and A⁺ of ×2 average pooling as explicit matrices (columns = images of unit vectors)
+    eye = torch.eye(N * N, dtype=torch.float64).reshape(N * N, 1, N, N)
+    proj = op.projector(eye).reshape(N * N, N * N).numpy().T
+    ytil = op.pinv(y).numpy().ravel()
+    # noisy target for SR (all singular values 1/2): ŷ − P x̂1 = (ỹ − P x̂1)·s²/(s² + ρ)
+    s_sq = 0.25
+
+    def rhs(t, x):
+        ct = (t * s2 - (1 - t)) / (t * t * s2 + (1 - t) ** 2)
+        jac = u @ np.diag(ct) @ u.T
+        v = m + jac @ (x - t * m)
+        x1 = x + (1 - t) * v
+        rho = noise**2 / max(r2(t), 1e-300)
+        r = (ytil - proj @ x1) * s_sq / (s_sq + rho)
+        guide = r + (1 - t) * jac.T @ r if jacobian else r
+        return v + weight(t) * guide
+
+    z = seeded_noise((1, 1, N, N), seed, op.pinv(y)).numpy().ravel()
+    x0 = start * ytil + (1 - start) * z
+    sol = solve_ivp(rhs, (start, 1.0 - 1e-10), x0, method="Radau", rtol=1e-11, atol=1e-12)
+    return sol.y[:, -1]
+
+
+def rel(image, ref):
+    return float(np.linalg.norm(image.numpy().ravel() - ref) / np.linalg.norm(ref))
+
+
+def slope(errs):
+    return float(np.polyfit(np.log(NFES), np.log(errs), 1)[0])
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_pigfm_converges_first_order(noise):
+    prior, op, y, *parts = make_toy(noise)
+    w, tau = 10.0, 0.3
+    ref = reference(parts, op, y, tau, lambda t: w * t * (1 - t), True, noise=noise)
+    errs = [rel(pigfm(y, op, prior=prior, nfe=2 * k, w=w, tau=tau, jacobian=True,
+                      noise_std=noise or None).image, ref) for k in NFES]
+    assert -1.15 < slope(errs) < -0.85, errs
+    assert errs[-1] < 0.01
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_otode_converges_first_order(noise):
+    """c(t) = (1−t)/(t r_t²) (γ = 1): singular at t = 1 when noiseless, still first order."""
+    prior, op, y, *parts = make_toy(noise)
+    t0 = 0.2
+    ref = reference(parts, op, y, t0, lambda t: (1 - t) / (t * r2(t)), True, noise=noise)
+    errs = [rel(otode(y, op, prior=prior, nfe=2 * k, t0=t0, noise_std=noise or None).image,
+                ref) for k in NFES]
+    assert -1.15 < slope(errs) < -0.85, errs
+    assert errs[-1] < 0.01
+
+
+def test_pigfm_and_conjugate_integrate_the_same_ode():
+    prior, op, y, *_ = make_toy()
+    kw = dict(w=10.0, tau=0.3, jacobian=False)
+    a = pigfm(y, op, prior=prior, nfe=400, **kw).image
+    b = conjugate(y, op, prior=prior, nfe=400, lam=0.0, **kw).image
+    assert float((a - b).norm() / b.norm()) < 1e-3
+    # at 5 NFE they differ (different integrators)
+    a5 = pigfm(y, op, prior=prior, nfe=5, **kw).image
+    b5 = conjugate(y, op, prior=prior, nfe=5, lam=0.0, **kw).image
+    assert float((a5 - b5).norm() / b5.norm()) > 1e-2
+
+
+def test_nfe_counts_forward_and_vjp():
+    prior, op, y, *_ = make_toy()
+    res = ctflow.reconstruct(y, op, method="otode", prior=prior, nfe=10)
+    assert res.nfe == 10 and len(res.info["steps"]) == 5  # VJP kept by default
+    res = ctflow.reconstruct(y, op, method="otode", prior=prior, nfe=7, jacobian=False)
+    assert res.nfe == 7
+    res = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=5, jacobian=True)
+    assert res.nfe == 4 and len(res.info["steps"]) == 2
+    res = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=5, jacobian=False)
+    assert res.nfe == 5 and len(res.info["steps"]) == 5
+
+
+def test_seeded_and_bad_input():
+    prior, op, y, *_ = make_toy()
+    a = otode(y, op, prior=prior, nfe=6, seed=3).image
+    b = otode(y, op, prior=prior, nfe=6, seed=3).image
+    c = otode(y, op, prior=prior, nfe=6, seed=4).image
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(MethodError):
+        otode(y, op, prior=prior, t0=0.0)
+    with pytest.raises(MethodError):
+        pigfm(y, op, prior=prior, nfe=0)
+    with pytest.raises(MethodError):
+        pigfm(y, op, prior=prior, tau=-0.1)
