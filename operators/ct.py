@@ -122,7 +122,13 @@ class CTOperator(LinearOperator):
 
     def solve_normal(self, rhs: torch.Tensor, rho: float, x0: torch.Tensor | None = None,
                      tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
-        """(AᵀA + ρI) x = rhs: closed form on the truncated SVD, else warm-started CG."""
+        """(AᵀA + ρI) x = rhs by CG on the true normal equations.
+
+        With the SVD route the closed form on the truncated SVD,
+        V_k(Σ_k² + ρ)⁻¹V_kᵀ b + (b − V_kV_kᵀ b)/ρ, is the warm start: it is exact for the
+        truncated operator only, so CG refines it to ``tol`` (it treats the discarded small
+        singular values as zero, which is far off when ρ is small).
+        """
         if self.projection_method == "cg":
             return super().solve_normal(rhs, rho, x0=x0, tol=tol, maxiter=maxiter)
         if not rho >= 0:
@@ -131,7 +137,8 @@ class CTOperator(LinearOperator):
             check_same_device(rhs, x0)
         self._check_in(rhs)
         with torch.no_grad():
-            return self.svd().solve_normal(rhs, float(rho))
+            start = self.svd().solve_normal(rhs, float(rho)) if rho > 0 else x0
+            return super().solve_normal(rhs, rho, x0=start, tol=tol, maxiter=maxiter)
 
     def __repr__(self) -> str:
         g = self.geometry

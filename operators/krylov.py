@@ -13,9 +13,13 @@ Op = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-item inner product, shaped to broadcast against a (B, ...) tensor."""
-    d = (a * b).flatten(1).sum(1)
-    return d.view(-1, *([1] * (a.ndim - 1)))
+    """Per-item inner product as a (B,) tensor."""
+    return (a * b).flatten(1).sum(1)
+
+
+def _expand(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-item coefficient (B,) to broadcast against ``like`` (B, ...)."""
+    return coef.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def cg(
@@ -41,11 +45,11 @@ def cg(
         mp = apply(p)
         pmp = _dot(p, mp)
         alpha = torch.where(pmp > 0, rr / pmp.clamp_min(torch.finfo(rhs.dtype).tiny), 0.0)
-        x = x + alpha * p
-        r = r - alpha * mp
+        x = x + _expand(alpha, p) * p
+        r = r - _expand(alpha, mp) * mp
         rr_new = _dot(r, r)
         beta = torch.where(rr > 0, rr_new / rr.clamp_min(torch.finfo(rhs.dtype).tiny), 0.0)
-        p = r + beta * p
+        p = r + _expand(beta, p) * p
         rr = rr_new
     return x
 
@@ -79,18 +83,14 @@ def cgls(
         q = forward(p)
         qq = _dot(q, q)
         alpha = torch.where(qq > 0, ss / qq.clamp_min(tiny), 0.0)
-        x = x + alpha * p
-        r = r - _expand(alpha, r) * q  # alpha is per item
+        x = x + _expand(alpha, p) * p
+        r = r - _expand(alpha, q) * q
         s = adjoint(r)
         ss_new = _dot(s, s)
         beta = torch.where(ss > 0, ss_new / ss.clamp_min(tiny), 0.0)
-        p = s + beta * p
+        p = s + _expand(beta, p) * p
         ss = ss_new
         if callback is not None:
             callback(it, x)
     return x
 
-
-def _expand(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-item coefficient (B, 1, ..) to broadcast against ``like``."""
-    return coef.reshape(-1, *([1] * (like.ndim - 1)))
