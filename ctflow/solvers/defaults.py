@@ -1,0 +1,121 @@
+"""Per-task defaults of the flow baselines (PnP-Flow, FlowDPS, DPS, Flower) and the two
+scale constants they share.
+
+The defaults live in ``baseline_defaults.json`` next to this module: for every method a
+``generic`` set of options and, per task family (``ct``, ``inpainting``, ``sr``, ``blur``),
+the options chosen on the validation split by ``scripts/tune_baselines.py``.  A solver
+calls :func:`resolve` with the options the user gave (None = not given); given values win,
+then the family's tuned values, then the generic ones.
+
+Scale conventions shared by the baselines (model space, see ``common.py``):
+
+* step sizes on the data term ½‖Ax − y‖² are given relative to its Lipschitz constant
+  L = ‖A‖₂², estimated by power iteration (:func:`lipschitz`);
+* where σ² divides, noiseless data use the floor σ_min = SIGMA_FLOOR_REL·‖A‖₂
+  (:func:`effective_sigma`): the data noise an image error of 1e-3 would cause along A's
+  strongest direction.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MethodError
+from ..operators import LinearOperator
+
+DEFAULTS_FILE = Path(__file__).with_name("baseline_defaults.json")
+FAMILIES = ("ct", "inpainting", "sr", "blur")
+METHODS = ("pnpflow", "flowdps", "dps", "flower")
+SIGMA_FLOOR_REL = 1e-3
+POWER_ITERS = 30
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, Any]:
+    with DEFAULTS_FILE.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def method_defaults(method: str, task_family: str | None = None) -> dict[str, Any]:
+    """The default options of ``method``: generic ones overlaid with the family's tuned ones."""
+    if method not in METHODS:
+        raise MethodError(f"no baseline defaults for method {method!r}")
+    if task_family is not None and task_family not in FAMILIES:
+        raise MethodError(
+            f"unknown task_family {task_family!r}; choose one of {', '.join(FAMILIES)} or None"
+        )
+    entry = _table()["methods"][method]
+    out = dict(entry["generic"])
+    if task_family is not None:
+        out.update(entry.get("families", {}).get(task_family, {}))
+    return out
+
+
+def resolve(method: str, task_family: str | None, **given: Any) -> dict[str, Any]:
+    """Options of a call: each given (non-None) value, else the default for the family."""
+    defaults = method_defaults(method, task_family)
+    missing = [k for k, v in given.items() if v is None and k not in defaults]
+    if missing:
+        raise MethodError(f"{method}: no default for option(s) {', '.join(missing)}")
+    return {k: (defaults[k] if v is None else v) for k, v in given.items()}
+
+
+def lipschitz(op: LinearOperator, like: torch.Tensor) -> float:
+    """L = ‖A‖₂² (power iteration, fixed seed) of the data term ½‖Ax − y‖²."""
+    norm = op.norm(iters=POWER_ITERS, seed=0, device=like.device)
+    if not norm > 0:
+        raise MethodError("the operator is zero (‖A‖ = 0): nothing to reconstruct")
+    return norm * norm
+
+
+def effective_sigma(sigma: float, lip: float) -> float:
+    """max(σ, SIGMA_FLOOR_REL·‖A‖₂): the model-space noise std used where σ² divides."""
+    return max(float(sigma), SIGMA_FLOOR_REL * lip**0.5)
+
+
+def check_positive(method: str, **values: float) -> None:
+    """MethodError unless every value is a finite number > 0."""
+    for name, value in values.items():
+        if not _is_number(value) or not 0 < float(value) < float("inf"):
+            raise MethodError(f"{method}: option {name} must be a positive number, got {value!r}")
+
+
+def check_nonnegative(method: str, **values: float) -> None:
+    """MethodError unless every value is a finite number >= 0."""
+    for name, value in values.items():
+        if not _is_number(value) or not 0 <= float(value) < float("inf"):
+            raise MethodError(f"{method}: option {name} must be a number >= 0, got {value!r}")
+
+
+def check_int(method: str, name: str, value: int, minimum: int) -> int:
+    """MethodError unless value is an integer >= minimum; returns it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MethodError(f"{method}: option {name} must be an integer >= {minimum}, "
+                          f"got {value!r}")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_steps(method: str, nfe: int, per_step: int = 1) -> int:
+    """Number of steps that fit in an NFE budget of ``nfe`` at ``per_step`` NFE a step."""
+    return check_int(method, "nfe", nfe, per_step) // per_step
+
+
+def noise_stream(seed: int) -> torch.Generator:
+    """The CPU generator a baseline draws all its noise from (same seed, same output)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MethodError(f"seed must be an integer, got {seed!r}")
+    return torch.Generator().manual_seed(seed)
+
+
+def randn_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on the CPU from ``gen``."""
+    return torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x.device, x.dtype)

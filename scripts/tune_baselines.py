@@ -1,0 +1,161 @@
+"""Tune the defaults of the flow baselines (PnP-Flow, FlowDPS, DPS, Flower) per task family.
+
+For each task family it simulates one representative task (ct → ct60, inpainting →
+inpaint-box, sr → sr4, blur → blur) on a few *validation* phantoms (``heldout_images(...,
+split="val")``, never the test split), reconstructs them with every setting of a small grid
+at the method's NFE budget, scores the mean PSNR in HU and writes the best setting per
+family (and the best mean over families as the ``generic`` default) to
+``ctflow/solvers/baseline_defaults.json``, together with the command, the images, the grid
+and the PSNR of every setting.
+
+    python scripts/tune_baselines.py --prior default --images 3
+    python scripts/tune_baselines.py --methods dps flower --families ct   # merge a subset
+    python scripts/tune_baselines.py --dry-run                            # print, write nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import ctflow
+from ctflow.metrics import psnr
+from ctflow.priors.base import Prior
+from ctflow.solvers.defaults import DEFAULTS_FILE, FAMILIES, METHODS
+from ctflow.tasks import get_task, heldout_images
+from ctflow.units import mu_to_hu
+
+FAMILY_TASKS = {"ct": "ct60", "inpainting": "inpaint-box", "sr": "sr4", "blur": "blur"}
+
+# NFE budgets (network forwards + VJPs per image) and the grids searched within them.
+# Every setting is complete, so the result never depends on the defaults being rewritten.
+BUDGET = {"pnpflow": 20, "flowdps": 20, "dps": 40, "flower": 20}
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "pnpflow": [{"samples": 2, "gamma": g, "alpha": a}
+                for g, a in ((1.0, 0.5), (1.9, 0.5), (1.0, 0.0), (1.9, 0.0))],
+    "flowdps": [{"dc_steps": d, "eta": e} for d, e in ((1, 1.0), (3, 1.9), (10, 1.9), (30, 1.9))],
+    "dps": [{"zeta": z} for z in (10.0, 30.0, 100.0, 300.0)],
+    "flower": [{"nu_scale": s, "cg_iters": 20} for s in (0.5, 1.0, 2.0, 4.0)],
+}
+
+
+def family_problem(family: str, size: int, count: int) -> tuple[Any, torch.Tensor, list, float]:
+    """(operator, stacked measurements (count, 1, ...), HU ground truths, noise std) of the
+    family's representative task on the first ``count`` validation phantoms."""
+    task = get_task(FAMILY_TASKS[family])
+    images = heldout_images(size, count, split="val")
+    problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
+    y = torch.cat([p.y for p in problems])
+    sigma = max(p.noise_std for p in problems)
+    return problems[0].op, y, [p.gt_hu for p in problems], sigma
+
+
+def score(method: str, setting: dict[str, Any], op, y: torch.Tensor, gts: list,
+          sigma: float, prior: Prior) -> float:
+    """Mean PSNR (HU) of one setting over the batch of validation images."""
+    res = ctflow.reconstruct(y, op, method=method, prior=prior, noise_std=sigma or None,
+                             seed=0, nfe=BUDGET[method], task_family=None, **setting)
+    hu = mu_to_hu(res.image.detach().cpu().double().numpy()[:, 0])
+    return float(np.mean([psnr(h, g) for h, g in zip(hu, gts, strict=True)]))
+
+
+def tune(prior: Prior, size: int, count: int, methods: list[str],
+         families: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """PSNR of every grid setting: results[method][family] = [{options, psnr}, ...]."""
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in methods}
+    for family in families:
+        op, y, gts, sigma = family_problem(family, size, count)
+        for method in methods:
+            rows = []
+            for setting in GRIDS[method]:
+                start = time.perf_counter()
+                value = score(method, setting, op, y, gts, sigma, prior)
+                rows.append({"options": {"nfe": BUDGET[method], **setting},
+                             "psnr": round(value, 3)})
+                print(f"{family:10s} {method:8s} {setting} psnr={value:.2f} "
+                      f"({time.perf_counter() - start:.1f} s)", flush=True)
+            results[method][family] = rows
+    return results
+
+
+def choose(rows_by_family: dict[str, list[dict[str, Any]]]) -> tuple[dict, dict[str, dict]]:
+    """(generic, per-family) defaults: best mean PSNR over the families, best per family."""
+    per_family = {f: max(rows, key=lambda r: r["psnr"])["options"]
+                  for f, rows in rows_by_family.items()}
+    n = len(next(iter(rows_by_family.values())))
+    means = [np.mean([rows[i]["psnr"] for rows in rows_by_family.values()]) for i in range(n)]
+    generic = next(iter(rows_by_family.values()))[int(np.argmax(means))]["options"]
+    return generic, per_family
+
+
+def merged_table(old: dict[str, Any], results: dict, command: str, prior_name: str,
+                 size: int, count: int) -> dict[str, Any]:
+    """The defaults file with the tuned methods/families replaced, everything else kept."""
+    table = json.loads(json.dumps(old))
+    tuning = table.setdefault("tuning", {})
+    tuning.update({
+        "command": command, "prior": prior_name, "image_size": size, "split": "val",
+        "images": f"heldout_images({size}, {count}, split='val'), indices 0..{count - 1}",
+        "tasks": FAMILY_TASKS, "metric": "mean PSNR in HU, data_range = gt range",
+        "budget_nfe": BUDGET, "grid": GRIDS,
+    })
+    psnr_table = tuning.setdefault("psnr", {})
+    for method, by_family in results.items():
+        if not by_family:
+            continue
+        entry = table["methods"][method]
+        psnr_table.setdefault(method, {}).update(by_family)
+        generic, per_family = choose(psnr_table[method])
+        entry["generic"] = generic
+        entry.setdefault("families", {}).update(
+            {f: per_family[f] for f in by_family})
+    table["source"] = "tuned on the validation split by scripts/tune_baselines.py"
+    return table
+
+
+def write_atomic(path: Path, table: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(table, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prior", default="default", help="prior name or path")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=3, help="validation images per family")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dry-run", action="store_true", help="print the results only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    prior = ctflow.load_prior(args.prior)
+    start = time.perf_counter()
+    results = tune(prior, args.size, args.images, args.methods, args.families)
+    print(f"tuning took {time.perf_counter() - start:.0f} s")
+    command = "python scripts/tune_baselines.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--dry-run")
+    old = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+    table = merged_table(old, results, command.strip(), args.prior, args.size, args.images)
+    if args.dry_run:
+        print(json.dumps(table["methods"], indent=1))
+        return 0
+    write_atomic(DEFAULTS_FILE, table)
+    print(f"wrote {DEFAULTS_FILE.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
