@@ -1,0 +1,372 @@
+"""Conditional flow matching on the OT path, as a library: ``train(config) -> dict``.
+
+Per step, with x1 a batch of training images (model space), z ~ N(0, I), t ~ U(0, 1):
+
+    x_t = t·x1 + (1−t)·z,      L(θ) = E ‖v_θ(x_t, t) − (x1 − z)‖²  (mean over pixels)
+
+optionally with minibatch OT coupling (z permuted to minimise Σ_i ‖x1_i − z_π(i)‖², exact
+assignment).  AdamW with linear warm-up then a constant rate, gradient-norm clipping,
+EMA weights θ̄ ← β̄θ̄ + (1−β̄)θ with β̄ = min(β, (1+k)/(10+k)), bf16 autocast on GPU.
+
+Reproducible by seed: step k's batch, noise and times come from a generator seeded by
+(seed, rank, k), so a resumed run continues exactly as an uninterrupted one.  Multi-GPU
+(or multi-process CPU, gloo) through ``torchrun``: each rank draws its own batch,
+DistributedDataParallel averages gradients, rank 0 logs and writes checkpoints.
+
+Run folder: ``state.pt`` (full training state for ``resume``), ``ema.safetensors`` +
+``ema.json`` (a loadable prior checkpoint of the EMA weights), ``log.csv`` (loss curve),
+``pool.npy`` (cached phantom pool).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+from ..units import MU_WATER_PER_MM
+from .checkpoint import save_checkpoint
+from .datasets import HU_MAX, HU_MIN, load_pool, phantom_pool, random_shift
+from .unet import TIME_SCALE, build_unet, count_parameters, unet_config, velocity_net_forward
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train` (also the ``ctflow train`` flags)."""
+
+    out_dir: str = "runs/prior"
+    name: str = "prior"
+    image_size: int = 64
+    net: str = "small"  # preset of ctflow.priors.unet.PRESETS
+    source: str = "phantoms"  # phantoms | dicom | hdf5
+    data_path: str | None = None
+    pool_size: int = 10000  # phantoms only
+    val_size: int = 64  # phantoms only: held-out "val" split for the validation loss
+    steps: int = 10000
+    batch_size: int = 32  # per process
+    lr: float = 2e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    ot_coupling: bool = False
+    max_shift: int = 0  # random translation augmentation, pixels
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    device: str = "auto"
+    threads: int | None = None
+    log_every: int = 50
+    ckpt_every: int = 500
+    max_minutes: float | None = None
+    resume: bool = False
+    progress: bool = True
+    command: str = ""
+
+
+def make_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise InputError(f"unknown training option(s): {', '.join(unknown)}")
+    return TrainConfig(**config)
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.image_size < 8 or cfg.batch_size < 1 or cfg.steps < 0:
+        raise InputError("image_size ≥ 8, batch_size ≥ 1 and steps ≥ 0 are required")
+    if not (0.0 <= cfg.ema_decay < 1.0) or cfg.lr <= 0 or cfg.grad_clip <= 0:
+        raise InputError("need 0 ≤ ema_decay < 1, lr > 0 and grad_clip > 0")
+    if cfg.source not in ("phantoms", "dicom", "hdf5"):
+        raise InputError(f"unknown data source {cfg.source!r}; choose phantoms, dicom or hdf5")
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The CPU generator of one training step: a function of (seed, rank, step) only."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def ot_pairing(x1: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The permutation π minimising Σ_i ‖x1_i − z_π(i)‖² (exact, Hungarian algorithm)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x1.flatten(1).double(), z.flatten(1).double()).square()
+    _, cols = linear_sum_assignment(cost.cpu().numpy())
+    return torch.as_tensor(cols, dtype=torch.long)
+
+
+def cfm_batch(pool: torch.Tensor, batch_size: int, gen: torch.Generator, ot: bool = False,
+              max_shift: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, target) for one step: x_t = t·x1 + (1−t)·z, target = x1 − z."""
+    idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen)
+    x1 = random_shift(pool[idx], max_shift, gen)
+    z = torch.randn(x1.shape, generator=gen)
+    t = torch.rand(batch_size, generator=gen)
+    if ot:
+        z = z[ot_pairing(x1, z)]
+    tt = t.view(-1, 1, 1, 1)
+    return tt * x1 + (1 - tt) * z, t, x1 - z
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
+    """θ̄ ← β̄θ̄ + (1−β̄)θ, β̄ = min(decay, (1+step)/(10+step)); buffers are copied."""
+    beta = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+        pe.lerp_(p.detach(), 1 - beta)
+    for be, b in zip(ema.buffers(), net.buffers(), strict=True):
+        be.copy_(b)
+
+
+@torch.no_grad()
+def validation_loss(net: torch.nn.Module, val: torch.Tensor, device: torch.device,
+                    seed: int = 12345) -> float:
+    """Flow-matching loss on a fixed batch: fixed noise, t on a uniform grid in (0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(val.shape, generator=gen)
+    t = (torch.arange(val.shape[0]) + 0.5) / val.shape[0]
+    tt = t.view(-1, 1, 1, 1)
+    xt, target = tt * val + (1 - tt) * z, val - z
+    total = 0.0
+    for i in range(0, val.shape[0], 32):
+        v = velocity_net_forward(net, xt[i:i + 32].to(device), t[i:i + 32].to(device))
+        total += float((v.float().cpu() - target[i:i + 32]).square().sum())
+    return total / target.numel()
+
+
+def _distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if cfg.device not in ("auto", "cuda"):
+        device = torch.device(cfg.device)
+    elif cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prior_config(cfg: TrainConfig, unet: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON config of the EMA prior checkpoint of a run."""
+    data: dict[str, Any] = {"source": cfg.source}
+    if cfg.source == "phantoms":
+        from ..phantoms import KINDS, PHANTOM_VERSION
+
+        data.update(split="train", pool_size=cfg.pool_size, kinds=list(KINDS),
+                    phantom_version=PHANTOM_VERSION)
+    else:
+        data["path_name"] = Path(cfg.data_path or "").name
+    import diffusers
+
+    return {
+        "name": cfg.name,
+        "image_size": cfg.image_size,
+        "unet": unet,
+        "normalisation": {"scale": 1.0 / MU_WATER_PER_MM, "offset": -1.0,
+                          "mu_water": MU_WATER_PER_MM, "model_space": "HU/1000",
+                          "hu_clip": [HU_MIN, HU_MAX]},
+        "time": {"convention": "t=0 noise, t=1 data; x_t = t*x1 + (1-t)*z",
+                 "timestep_scale": TIME_SCALE},
+        "weights": "ema",
+        "training": {
+            "data": data, "net": cfg.net, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "warmup": cfg.warmup, "weight_decay": cfg.weight_decay,
+            "ema_decay": cfg.ema_decay, "grad_clip": cfg.grad_clip,
+            "ot_coupling": cfg.ot_coupling, "max_shift": cfg.max_shift, "seed": cfg.seed,
+            "command": cfg.command, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, **info,
+        },
+    }
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT so the loop can write a checkpoint and return."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) a flow prior; returns a summary with the loss history.
+
+    Keys: ``run_dir``, ``steps``, ``final_loss`` (mean of the last logged interval),
+    ``val_loss``, ``wall_seconds`` (over all resumed sessions), ``history`` (list of
+    {step, loss, lr, val_loss, seconds}), ``parameters``, ``checkpoint`` (EMA prior stem).
+    """
+    cfg = make_config(config)
+    _check(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = _distributed(cfg)
+    run_dir = Path(cfg.out_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    _barrier(world)
+
+    unet = unet_config(cfg.image_size, cfg.net)
+    torch.manual_seed(cfg.seed)
+    net = build_unet(unet).to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, wall_before, history = 0, 0.0, []
+    state_path = run_dir / "state.pt"
+    if cfg.resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state["unet"] != unet:
+            raise InputError(f"{state_path}: the run was trained with another network config")
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, wall_before, history = state["step"], state["wall_seconds"], state["history"]
+
+    cache = run_dir / f"pool_{cfg.image_size}_{cfg.pool_size}.npy"
+    if rank == 0 or cfg.source != "phantoms":
+        pool = load_pool(cfg.source, cfg.image_size, cfg.pool_size, cfg.data_path,
+                         progress=cfg.progress and rank == 0, cache=cache)
+    _barrier(world)
+    if rank != 0 and cfg.source == "phantoms":
+        pool = load_pool(cfg.source, cfg.image_size, cfg.pool_size, cache=cache)
+    val = None
+    if cfg.source == "phantoms" and cfg.val_size > 0 and rank == 0:
+        val = phantom_pool(cfg.image_size, cfg.val_size, "val")
+
+    model: torch.nn.Module = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = device.type == "cuda" and cfg.amp
+
+    def save(loss: float, val_loss: float | None) -> None:
+        if rank != 0:
+            return
+        wall = wall_before + time.perf_counter() - start
+        _atomic_torch_save({"net": net.state_dict(), "ema": ema.state_dict(),
+                            "opt": opt.state_dict(), "step": step, "wall_seconds": wall,
+                            "history": history, "unet": unet, "config": asdict(cfg)},
+                           state_path)
+        info = {"steps": step, "world_size": world, "wall_seconds": round(wall, 1),
+                "final_loss": loss, "val_loss": val_loss, "device": str(device.type)}
+        save_checkpoint(run_dir / "ema", ema.state_dict(), prior_config(cfg, unet, info))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.name}", dynamic_ncols=True,
+               disable=not (cfg.progress and rank == 0))
+    start = time.perf_counter()
+    deadline = math.inf if cfg.max_minutes is None else start + 60 * cfg.max_minutes
+    losses: list[float] = []
+    last_loss = history[-1]["loss"] if history else math.nan
+    last_val = history[-1].get("val_loss") if history else None
+    net.train()
+    with _StopFlag() as flag:
+        while step < cfg.steps:
+            gen = step_generator(cfg.seed, rank, step)
+            xt, t, target = cfm_batch(pool, cfg.batch_size, gen, cfg.ot_coupling,
+                                      cfg.max_shift)
+            xt, t, target = xt.to(device), t.to(device), target.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                v = velocity_net_forward(model, xt, t)
+            loss = (v.float() - target).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            opt.step()
+            ema_update(ema, net, cfg.ema_decay, step)
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            stopping = flag.stop or time.perf_counter() > deadline or step == cfg.steps
+            if world > 1:  # every rank must take the same decision (collectives follow)
+                agree = torch.tensor(float(stopping), device=device)
+                dist.all_reduce(agree, op=dist.ReduceOp.MAX)
+                stopping = bool(agree > 0)
+            if step % cfg.log_every == 0 or stopping:
+                mean = torch.tensor(float(np.mean(losses)), device=device)
+                if world > 1:
+                    dist.all_reduce(mean)
+                    mean /= world
+                last_loss = float(mean)
+                at_ckpt = step % cfg.ckpt_every == 0 or stopping
+                last_val = (validation_loss(ema, val, device)
+                            if val is not None and at_ckpt else None)
+                history.append({"step": step, "loss": last_loss,
+                                "lr": learning_rate(cfg, step - 1), "val_loss": last_val,
+                                "seconds": round(wall_before + time.perf_counter() - start, 1)})
+                _append_log(run_dir / "log.csv", history[-1], rank)
+                losses = []
+            if step % cfg.ckpt_every == 0 or stopping:
+                save(last_loss, last_val)
+                _barrier(world)
+            if stopping:
+                break
+    bar.close()
+    wall = wall_before + time.perf_counter() - start
+    if world > 1:
+        dist.destroy_process_group()
+    return {"run_dir": str(run_dir), "steps": step, "final_loss": last_loss,
+            "val_loss": last_val, "wall_seconds": wall, "history": history,
+            "parameters": count_parameters(net), "checkpoint": str(run_dir / "ema"),
+            "world_size": world}
+
+
+def _append_log(path: Path, row: dict[str, Any], rank: int) -> None:
+    if rank != 0:
+        return
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
