@@ -1,0 +1,941 @@
+"""The benchmark harness behind ``ctflow bench`` (DESIGN §5).
+
+For every task (``ctflow.tasks``), image size, held-out image, seed and method it simulates
+the measurements, reconstructs them with :func:`ctflow.reconstruct` and scores the result
+against the ground truth (PSNR, SSIM, RMSE in HU; ``ctflow.metrics``).  Each solve is one
+JSON line in ``<out>/results.jsonl``, keyed by (task, size, method, image, seed), appended and
+flushed as soon as it is done, so an interrupted run continues where it stopped.
+:func:`write_report` turns the records into ``report.md`` (one table per task), one CSV and
+one figure per task, next to ``machine.json`` (the machine and library versions).
+
+Protocol details, fixed so that every method sees identical data:
+
+* test images: ``tasks.heldout_images(size, n, split)`` (phantom seeds disjoint from
+  training and validation), a user's DICOM series (HU slices, centre-cropped to a square and
+  resized), or a user's HDF5 sinogram file (its slices, its geometry, its ``/image``);
+* the measurement noise of image i under seed s is drawn with seed ``NOISE_SEED_STRIDE·s + i``;
+  the solver gets ``seed = s``;
+* the columns are mean ± sample std over the n = images × seeds solves; ``s/image`` is the
+  solver wall time for one image (batch 1); ``NFE`` is network evaluations per image;
+* ``peak MB`` is the largest extra memory one solve needed: on CPU the process's resident
+  high-water mark during the solve minus its resident size just before it (Linux resets the
+  mark through ``/proc/self/clear_refs``; elsewhere the ``ru_maxrss`` growth, a lower bound);
+  on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the solve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import ctypes
+import gc
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CtflowError, InputError, MethodError, OutputError, PriorError
+from .io.atomic import atomic_file, one_line
+from .metrics import evaluate
+from .operators import GeometryError, OperatorInputError
+from .priors.base import Prior
+from .solvers import SOLVERS, get_solver
+from .tasks import SOLVER_BENCH_TASKS, TASKS, Problem, get_task, heldout_images
+from .units import mu_to_hu
+
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+MACHINE = "machine.json"
+EXAMPLES = "examples"
+FORMAT_VERSION = 1
+NOISE_SEED_STRIDE = 100_003
+HU_WINDOW = (-1000.0, 1000.0)  # figure window: air to dense bone
+MB = 2.0**20
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark and where to store it.
+
+    ``tasks``: task names (None: ``tasks.SOLVER_BENCH_TASKS``; with an HDF5 ``data`` file the
+    file is the only task).  ``size``: image size or sizes.  ``images``: held-out images per
+    task (with ``data``: at most this many slices).  ``prior``: a prior name (``{size}`` in it
+    is replaced by the image size) or a :class:`~ctflow.priors.base.Prior` object, used by
+    the methods that need one.  ``options``: per-method keyword overrides, e.g.
+    ``{"conjugate": {"w": 8}}``.  ``resume``: continue the results already in ``out``
+    (otherwise an ``out`` holding results is refused).
+    """
+
+    tasks: Sequence[str] | None = None
+    methods: Sequence[str] = ("fbp", "cgls", "tv")
+    size: int | Sequence[int] = 64
+    images: int = 8
+    seeds: Sequence[int] = (0,)
+    prior: str | Prior = "default"
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    out: str | os.PathLike[str] = "bench_results"
+    data: str | os.PathLike[str] | None = None
+    split: str = "test"
+    resume: bool = False
+    device: str = "cpu"
+    threads: int | None = None
+
+
+# ----------------------------------------------------------------------------------------
+# Test data: one source of problems per run
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchTask:
+    """A task as the harness sees it: a name, a family and how to build its problems."""
+
+    name: str
+    family: str
+    description: str
+
+
+class _Source:
+    """Where the ground truths come from; builds the problem of (task, size, image, seed)."""
+
+    kind = "phantoms"
+
+    def __init__(self, config: BenchConfig, sizes: list[int]):
+        self.split = config.split
+        self.count = config.images
+        self.sizes = sizes
+        self._images: dict[int, list[np.ndarray]] = {}
+
+    def tasks(self, names: Sequence[str] | None) -> list[BenchTask]:
+        names = list(SOLVER_BENCH_TASKS) if names is None else list(names)
+        out = []
+        for name in names:
+            task = get_task(name)
+            out.append(BenchTask(task.name, task.family, task.description))
+        return out
+
+    def image_count(self, size: int) -> int:
+        return len(self.ground_truths(size))
+
+    def ground_truths(self, size: int) -> list[np.ndarray]:
+        if size not in self._images:
+            self._images[size] = self._load(size)
+        return self._images[size]
+
+    def _load(self, size: int) -> list[np.ndarray]:
+        return heldout_images(size, self.count, split=self.split)
+
+    def problem(self, task: str, size: int, image: int, seed: int) -> Problem:
+        gt = self.ground_truths(size)[image]
+        return get_task(task).problem(gt, seed=NOISE_SEED_STRIDE * seed + image)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": self.kind, "split": self.split}
+
+
+class _DicomSource(_Source):
+    """A DICOM series: its slices (HU, clipped below at −1000 = air) are the ground truths."""
+
+    kind = "dicom"
+
+    def __init__(self, config: BenchConfig, sizes: list[int]):
+        super().__init__(config, sizes)
+        from .io.dicom import read_series
+
+        self.path = Path(config.data)
+        hu = np.asarray(read_series(self.path).hu, dtype=np.float64)
+        if hu.ndim == 2:
+            hu = hu[None]
+        if hu.ndim != 3 or hu.shape[0] == 0:
+            raise InputError(f"{self.path}: expected a series of 2-D slices, got {hu.shape}")
+        if not np.isfinite(hu).all():
+            raise InputError(f"{self.path}: pixel data contain NaN or Inf")
+        self.hu = hu[: self.count]
+
+    def _load(self, size: int) -> list[np.ndarray]:
+        return [square_resize(np.maximum(s, -1000.0), size) for s in self.hu]
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.path.name, "sha256": _sha256(self.path)}
+
+
+class _Hdf5Source(_Source):
+    """An HDF5 sinogram file with ground truth: its slices with its own geometry."""
+
+    kind = "hdf5"
+
+    def __init__(self, config: BenchConfig, sizes: list[int]):
+        super().__init__(config, sizes)
+        from .io.hdf5 import read_sinogram
+        from .operators import make_ct_operator
+
+        self.path = Path(config.data)
+        data = read_sinogram(self.path)
+        if data.image_hu is None:
+            raise InputError(f"{self.path}: has no /image ground truth, which the benchmark "
+                             "needs to score reconstructions")
+        sino = np.asarray(data.sinogram, dtype=np.float32)
+        image = np.asarray(data.image_hu, dtype=np.float64)
+        sino = sino[None] if sino.ndim == 2 else sino
+        image = image[None] if image.ndim == 2 else image
+        if sino.shape[0] != image.shape[0]:
+            raise InputError(f"{self.path}: {sino.shape[0]} sinogram slices but "
+                             f"{image.shape[0]} ground-truth slices")
+        self.op = make_ct_operator(data.geometry)
+        if image.shape[1:] != tuple(self.op.in_shape):
+            raise InputError(f"{self.path}: /image slices are {image.shape[1:]}, the geometry "
+                             f"describes {tuple(self.op.in_shape)} images")
+        self.sino = sino[: self.count]
+        self.image = image[: self.count]
+        noise = dict(getattr(data, "attrs", {}) or {}).get("noise_std")
+        self.noise_std = float(noise) if noise is not None else 0.0
+        self.name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.path.stem) or "data"
+        self.sizes = [int(self.op.in_shape[-1])]
+
+    def tasks(self, names: Sequence[str] | None) -> list[BenchTask]:
+        if names:
+            raise InputError(f"{self.path}: an HDF5 sinogram file is its own task; "
+                             "give no task names with it")
+        return [BenchTask(self.name, "ct", f"sinograms of {self.path.name}")]
+
+    def image_count(self, size: int) -> int:
+        return self.sino.shape[0]
+
+    def problem(self, task: str, size: int, image: int, seed: int) -> Problem:
+        y = torch.from_numpy(self.sino[image].copy())[None, None]
+        return Problem(task=task, op=self.op, y=y, gt_hu=self.image[image],
+                       noise_std=self.noise_std)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.path.name, "sha256": _sha256(self.path)}
+
+
+def _make_source(config: BenchConfig, sizes: list[int]) -> _Source:
+    if config.data is None:
+        return _Source(config, sizes)
+    path = Path(config.data)
+    if path.is_dir():
+        return _DicomSource(config, sizes)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file or folder")
+    import h5py
+
+    if h5py.is_hdf5(path):
+        return _Hdf5Source(config, sizes)
+    raise InputError(f"{path}: neither an HDF5 sinogram file nor a folder with a DICOM series")
+
+
+def square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop a 2-D image to a square and resize it (bilinear, anti-aliased) to size²."""
+    from skimage.transform import resize
+
+    h, w = image.shape
+    n = min(h, w)
+    top, left = (h - n) // 2, (w - n) // 2
+    crop = image[top:top + n, left:left + n]
+    if n == size:
+        return crop.astype(np.float64)
+    return resize(crop, (size, size), order=1, anti_aliasing=n > size, preserve_range=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------
+# Results store
+# ----------------------------------------------------------------------------------------
+
+
+def result_key(task: str, size: int, method: str, image: int, seed: int) -> str:
+    return f"{task}|{size}|{method}|{image}|{seed}"
+
+
+class ResultStore:
+    """``results.jsonl``: one JSON object per solve, appended, flushed and fsync'ed.
+
+    A last line cut short by an interruption is dropped on opening; a later duplicate of a
+    key replaces the earlier record.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            cut = raw.rfind(b"\n") + 1  # the interrupted last line
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+            raw = raw[:cut]
+        for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key = rec["key"]
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"{self.path}: line {number} is not a benchmark record") from None
+            self.records[key] = rec
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record) + "\n"  # PSNR of an exact reconstruction is Infinity"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records[record["key"]] = record
+
+
+# ----------------------------------------------------------------------------------------
+# Peak memory of one solve
+# ----------------------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Context manager measuring the extra memory a block needs, in MB (``.mb``).
+
+    CUDA: max_memory_allocated − memory_allocated before (``kind = "cuda-allocated"``).
+    Linux CPU: resident high-water mark (reset on entry) − resident size on entry
+    (``kind = "rss"``); freed heap memory is returned to the system first (malloc_trim)
+    so that the baseline is not inflated by earlier solves.  Elsewhere: growth of
+    ``ru_maxrss`` (``kind = "maxrss-lower-bound"``; 0 unless the block sets a new record).
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.kind = "cuda-allocated" if self.cuda else ("rss" if _can_reset_hwm()
+                                                          else "maxrss-lower-bound")
+        self.mb = 0.0
+        self._base = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        gc.collect()
+        _malloc_trim()
+        if self.kind == "rss":
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._base = _proc_status_kb("VmRSS") * 1024
+        else:
+            self._base = _maxrss_bytes()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        elif self.kind == "rss":
+            peak = _proc_status_kb("VmHWM") * 1024
+        else:
+            peak = _maxrss_bytes()
+        self.mb = max(peak - self._base, 0) / MB
+
+
+def _can_reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _proc_status_kb("VmHWM") > 0
+    except OSError:
+        return False
+
+
+def _proc_status_kb(field_name: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# ----------------------------------------------------------------------------------------
+# Machine record
+# ----------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, RAM, GPU, torch threads, library versions and the git commit."""
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gb": _ram_gb(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        import astra
+
+        info["astra"] = getattr(astra, "__version__", None) or str(astra.astra.version())
+    except Exception:  # astra missing or broken: record that, do not fail the benchmark
+        info["astra"] = None
+    from . import __version__
+
+    info["ctflow"] = __version__
+    info["git_commit"] = _git_commit()
+    return info
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _ram_gb() -> float | None:
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2.0**30, 1)
+    return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
+
+
+# ----------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------
+
+
+def _as_list(value: Any, what: str) -> list:
+    if isinstance(value, (str, int)):
+        value = [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise InputError(f"{what} must be a list, got {value!r}") from None
+    if not items:
+        raise InputError(f"give at least one {what.rstrip('s')}")
+    return list(dict.fromkeys(items))  # unique, in order
+
+
+def _int_list(value: Any, what: str, minimum: int) -> list[int]:
+    out = []
+    for v in _as_list(value, what):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise InputError(f"{what} must be integers >= {minimum}, got {v!r}")
+        out.append(int(v))
+    return out
+
+
+def _prior_label(prior: str | Prior) -> str:
+    if isinstance(prior, Prior):
+        return f"object:{type(prior).__name__}({prior.image_size})"
+    return str(prior)
+
+
+def _method_options(config: BenchConfig, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Validated per-method options: only benchmarked methods, only accepted names."""
+    options: dict[str, dict[str, Any]] = {}
+    for method, opts in dict(config.options or {}).items():
+        if method not in methods:
+            raise MethodError(f"options given for {method!r}, which is not benchmarked")
+        options[method] = dict(opts)
+    for method in methods:
+        solve, _ = get_solver(method)
+        params = inspect.signature(solve).parameters
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        bad = [k for k in options.get(method, {}) if k not in params and not takes_any]
+        if bad:
+            raise MethodError(f"method {method!r} takes no option(s) {', '.join(bad)}")
+    return options
+
+
+def method_accepts(method: str, name: str) -> bool:
+    """Whether the solver function of ``method`` has a parameter called ``name``."""
+    solve, _ = get_solver(method)
+    return name in inspect.signature(solve).parameters
+
+
+def _check_out_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    parent = out.parent
+    if not out.exists() and not parent.is_dir():
+        raise OutputError(f"{out}: its folder {parent} does not exist")
+    target = out if out.exists() else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: folder is read-only")
+
+
+def _check_compatible(out: Path, old: dict[str, Any], new: dict[str, Any],
+                      store: ResultStore) -> None:
+    """Refuse to mix records made under different settings in one results file."""
+    for key in ("format", "data", "device"):
+        if old.get(key) != new.get(key):
+            raise InputError(f"{out}: holds results made with {key} = {old.get(key)!r}, this "
+                             f"run asks for {new.get(key)!r}; use another output folder")
+    done = {r["method"] for r in store.records.values()}
+    for method in (m for m in new["methods"] if m in done):
+        before, now = old.get("options", {}).get(method, {}), new["options"].get(method, {})
+        if before != now:
+            raise InputError(f"{out}: holds {method} results made with options {before}, this "
+                             f"run asks for {now}; use another output folder")
+        if SOLVERS[method].needs_prior:
+            if old.get("prior") not in (None, new["prior"]):
+                raise InputError(f"{out}: holds {method} results made with prior "
+                                 f"{old['prior']!r}, this run asks for {new['prior']!r}; "
+                                 "use another output folder")
+
+
+def _merge_config(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(new)
+    if not old:
+        return merged
+    for key in ("tasks", "methods", "sizes", "seeds"):
+        merged[key] = list(dict.fromkeys(list(old.get(key, [])) + list(new[key])))
+    merged["images"] = max(int(old.get("images", 0)), int(new["images"]))
+    merged["options"] = {**old.get("options", {}), **new["options"]}
+    merged["descriptions"] = {**old.get("descriptions", {}), **new["descriptions"]}
+    if not any(SOLVERS[m].needs_prior for m in new["methods"]):
+        merged["prior"] = old.get("prior", new["prior"])
+    return merged
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array.astype(np.float32))
+
+
+class _Priors:
+    """Priors loaded on first use, one per image size."""
+
+    def __init__(self, prior: str | Prior, device: torch.device):
+        self.prior = prior
+        self.device = device
+        self._cache: dict[int, Prior] = {}
+
+    def get(self, size: int) -> Prior:
+        if isinstance(self.prior, Prior):
+            obj = self.prior
+        elif size in self._cache:
+            obj = self._cache[size]
+        else:
+            from .api import load_prior
+
+            name = self.prior.replace("{size}", str(size))
+            try:
+                obj = load_prior(name, device=self.device)
+            except ModuleNotFoundError as exc:
+                raise PriorError(f"cannot load prior {name!r}: prior loading is not "
+                                 f"available in this build ({exc.name})") from exc
+            self._cache[size] = obj
+        if obj.image_size != size:
+            raise PriorError(f"prior {_prior_label(self.prior)!r} is for {obj.image_size}² "
+                             f"images, the benchmark runs at {size}²")
+        return obj
+
+
+def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) a benchmark and write its report; returns a summary dict with
+    ``out``, ``new`` (solves run now), ``skipped`` (already stored), ``failed`` (solves a
+    method refused, recorded with their message) and ``tables`` (see :func:`write_report`).
+    """
+    from tqdm.auto import tqdm
+
+    methods = [str(m) for m in _as_list(config.methods, "methods")]
+    for method in methods:
+        get_solver(method)  # MethodError if unknown or not built
+    sizes = _int_list(config.size, "sizes", 8)
+    seeds = _int_list(config.seeds, "seeds", 0)
+    if isinstance(config.images, bool) or not isinstance(config.images, int) \
+            or config.images < 1:
+        raise InputError(f"images must be a positive integer, got {config.images!r}")
+    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
+        raise InputError(f"threads must be a positive integer, got {config.threads!r}")
+    if not isinstance(config.prior, (str, Prior)):
+        raise PriorError(f"prior must be a name or a Prior, got {type(config.prior).__name__}")
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise InputError(f"unknown device {config.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' asked for, but no CUDA GPU is available")
+    options = _method_options(config, methods)
+    tasks_arg = None if config.tasks is None else [str(t) for t in
+                                                   _as_list(config.tasks, "tasks")]
+    out = Path(config.out)
+    _check_out_folder(out)
+
+    source = _make_source(config, sizes)
+    sizes = source.sizes
+    tasks = source.tasks(tasks_arg)
+    new_cfg = {
+        "format": FORMAT_VERSION, "tasks": [t.name for t in tasks], "methods": methods,
+        "sizes": sizes, "images": config.images, "seeds": seeds,
+        "prior": _prior_label(config.prior), "options": options,
+        "data": source.fingerprint(), "device": device.type,
+        "descriptions": {t.name: t.description for t in tasks},
+    }
+    priors = _Priors(config.prior, device)
+    if any(SOLVERS[m].needs_prior for m in methods):
+        for size in sizes:
+            priors.get(size)  # a missing or mismatched prior stops the run before any write
+    out.mkdir(exist_ok=True)
+    store = ResultStore(out / RESULTS)
+    old_cfg: dict[str, Any] = {}
+    if store.records:
+        if not config.resume:
+            raise OutputError(f"{out}: already holds benchmark results; resume them "
+                              "(--resume) or choose another output folder")
+        old_cfg = _read_json(out / CONFIG)
+        _check_compatible(out, old_cfg, new_cfg, store)
+    _write_json(out / CONFIG, _merge_config(old_cfg, new_cfg))
+
+    plan = [(task, size, image, seed, method)
+            for task in tasks for size in sizes
+            for image in range(source.image_count(size)) for seed in seeds
+            for method in methods]
+    pending = [(t, size, image, seed, method) for t, size, image, seed, method in plan
+               if result_key(t.name, size, method, image, seed) not in store]
+    skipped = len(plan) - len(pending)
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    machine = machine_info()
+    _record_machine(out, machine, len(pending))
+
+    failed = 0
+    bar = tqdm(total=len(pending), disable=not progress, unit="solve", desc="bench")
+    try:
+        for (task, size, image, seed), group in _grouped(pending):
+            problem = source.problem(task.name, size, image, seed)
+            first = image == 0 and seed == seeds[0]
+            if first:
+                _save_array(out / EXAMPLES / f"{task.name}_{size}" / "ground_truth.npy",
+                            problem.gt_hu)
+            for method in group:
+                bar.set_description(f"{task.name} {size}² {method}")
+                record = _solve_one(problem, task, size, image, seed, method, options, priors,
+                                    device, out / EXAMPLES if first else None)
+                failed += "error" in record
+                store.append(record)
+                bar.update(1)
+    finally:
+        bar.close()
+    tables = write_report(out)
+    return {"out": str(out), "new": len(pending), "skipped": skipped, "failed": failed,
+            "tables": tables}
+
+
+def _grouped(pending: list[tuple]) -> Iterator[tuple[tuple, list[str]]]:
+    """Consecutive plan entries sharing (task, size, image, seed): one problem, many methods."""
+    current: tuple | None = None
+    methods: list[str] = []
+    for task, size, image, seed, method in pending:
+        key = (task, size, image, seed)
+        if key != current:
+            if current is not None:
+                yield current, methods
+            current, methods = key, []
+        methods.append(method)
+    if current is not None:
+        yield current, methods
+
+
+def _solve_one(problem: Problem, task: BenchTask, size: int, image: int, seed: int,
+               method: str, options: dict[str, dict[str, Any]], priors: _Priors,
+               device: torch.device, examples: Path | None) -> dict[str, Any]:
+    """Reconstruct one problem with one method and score it; a refusal (typed ctflow error)
+    is recorded with its message instead of the scores."""
+    from .api import reconstruct
+
+    record: dict[str, Any] = {"key": result_key(task.name, size, method, image, seed),
+                              "task": task.name, "size": size, "method": method,
+                              "image": image, "seed": seed}
+    opts = dict(options.get(method, {}))
+    if "task_family" not in opts and method_accepts(method, "task_family"):
+        opts["task_family"] = task.family
+    try:
+        prior = priors.get(size) if SOLVERS[method].needs_prior else None
+        y = problem.y.to(device)
+        with PeakMemory(device) as mem:
+            res = reconstruct(y, problem.op, method=method, prior=prior,
+                              noise_std=problem.noise_std or None, seed=seed, **opts)
+    except (CtflowError, OperatorInputError, GeometryError) as exc:
+        record["error"] = one_line(exc)
+        return record
+    image_hu = mu_to_hu(res.image.detach().to("cpu", torch.float64).numpy()[0, 0])
+    record.update(seconds=float(res.seconds), nfe=int(res.nfe), peak_mb=round(mem.mb, 3),
+                  mem_kind=mem.kind)
+    if not np.isfinite(image_hu).all():
+        record["error"] = "the reconstruction contains NaN or Inf"
+        return record
+    record.update({k: float(v) for k, v in evaluate(image_hu, problem.gt_hu).items()})
+    if examples is not None:
+        _save_array(examples / f"{task.name}_{size}" / f"{method}.npy", image_hu)
+    return record
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise InputError(f"{path}: is not valid JSON") from None
+
+
+def _record_machine(out: Path, machine: dict[str, Any], solves: int) -> None:
+    data = _read_json(out / MACHINE)
+    runs = list(data.get("runs", []))
+    runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "solves": solves,
+                 "machine": machine})
+    _write_json(out / MACHINE, {"machine": machine, "runs": runs})
+
+
+# ----------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("task", "size", "method", "n", "failed", "psnr_mean", "psnr_std", "ssim_mean",
+               "ssim_std", "rmse_hu_mean", "rmse_hu_std", "seconds_mean", "seconds_std",
+               "peak_mb_max", "nfe_mean", "error")
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from the records of one (task, size, method): mean and sample std
+    (ddof = 1; 0 for a single solve) of each score, max of peak MB, mean NFE."""
+    ok = [r for r in records if "error" not in r]
+    first = records[0]
+    row: dict[str, Any] = {"task": first["task"], "size": first["size"],
+                           "method": first["method"], "n": len(ok),
+                           "failed": len(records) - len(ok), "error": ""}
+    for name in ("psnr", "ssim", "rmse_hu", "seconds"):
+        values = np.array([r[name] for r in ok], dtype=np.float64)
+        row[f"{name}_mean"] = float(values.mean()) if len(values) else math.nan
+        row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else \
+            (0.0 if len(values) else math.nan)
+    row["peak_mb_max"] = max((r["peak_mb"] for r in ok), default=math.nan)
+    row["nfe_mean"] = float(np.mean([r["nfe"] for r in ok])) if ok else math.nan
+    errors = sorted({r["error"] for r in records if "error" in r})
+    row["error"] = "; ".join(errors)
+    return row
+
+
+def write_report(out: str | os.PathLike[str],
+                 window: tuple[float, float] = HU_WINDOW) -> dict[str, list[dict[str, Any]]]:
+    """Write ``report.md``, ``<task>.csv`` and ``<task>.png`` from ``<out>/results.jsonl``.
+
+    Returns the table rows per task (:func:`summarize`), in the configured order of tasks,
+    sizes and methods.
+    """
+    out = Path(out)
+    store = ResultStore(out / RESULTS)
+    if not store.records:
+        raise InputError(f"{out}: holds no benchmark results ({RESULTS} missing or empty)")
+    config = _read_json(out / CONFIG)
+    machine = _read_json(out / MACHINE)
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for rec in store.records.values():
+        groups.setdefault((rec["task"], int(rec["size"]), rec["method"]), []).append(rec)
+    order = _ordering(config, groups)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(groups, key=order):
+        tables.setdefault(key[0], []).append(summarize(groups[key]))
+    for task, rows in tables.items():
+        _write_csv(out / f"{task}.csv", rows)
+        _write_figure(out, task, rows, window)
+    with atomic_file(out / "report.md", overwrite=True) as tmp:
+        tmp.write_text(_markdown(tables, config, machine), encoding="utf-8")
+    return tables
+
+
+def _ordering(config: dict[str, Any], groups: Mapping) -> Any:
+    def rank(items: list, value: Any) -> tuple[int, str]:
+        return (items.index(value), "") if value in items else (len(items), str(value))
+
+    tasks = list(config.get("tasks", []))
+    methods = list(config.get("methods", []))
+    return lambda k: (rank(tasks, k[0]), k[1], rank(methods, k[2]))
+
+
+def _fmt(value: float, digits: int) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _pm(row: dict[str, Any], name: str, digits: int) -> str:
+    return f"{_fmt(row[name + '_mean'], digits)} ± {_fmt(row[name + '_std'], digits)}"
+
+
+def _markdown(tables: dict[str, list[dict[str, Any]]], config: dict[str, Any],
+              machine: dict[str, Any]) -> str:
+    m = machine.get("machine", {})
+    data = config.get("data", {}) or {}
+    source = {"phantoms": f"held-out phantoms (split {data.get('split', 'test')!r})",
+              "dicom": f"DICOM series {data.get('name')}",
+              "hdf5": f"HDF5 file {data.get('name')}"}.get(data.get("kind"), "unknown")
+    lines = [
+        "# ctflow benchmark", "",
+        f"- Test images: {source}; sizes {', '.join(f'{s}²' for s in config.get('sizes', []))};"
+        f" up to {config.get('images')} images; seeds {config.get('seeds')}.",
+        f"- Prior: {config.get('prior')}; method options: {json.dumps(config.get('options', {}))}.",
+        f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gb')} GB RAM, "
+        f"GPU {m.get('gpu') or 'none'}, torch threads {m.get('torch_threads')}, "
+        f"device {config.get('device')}.",
+        f"- Versions: python {m.get('python')}, torch {m.get('torch')}, astra {m.get('astra')}, "
+        f"ctflow {m.get('ctflow')} (commit {m.get('git_commit') or 'unknown'}).",
+    ]
+    machines = {json.dumps({k: r.get("machine", {}).get(k) for k in ("cpu", "cores", "gpu")})
+                for r in machine.get("runs", [])}
+    if len(machines) > 1:
+        lines.append("- Warning: the results were computed in runs on different machines "
+                     f"(see {MACHINE}); compare seconds and memory with care.")
+    lines += [
+        "",
+        "Scores are mean ± sample std over the n solves (images × seeds), on HU images "
+        "(PSNR and SSIM with data range = ground-truth max − min). s/image: solver wall time "
+        "per image. Peak MB: the largest extra memory of one solve (resident high-water mark "
+        "during the solve minus the resident size before it on CPU; allocated CUDA memory on "
+        "GPU). NFE: network evaluations per image.", "",
+    ]
+    for task, rows in tables.items():
+        desc = config.get("descriptions", {}).get(task) or \
+            (TASKS[task].description if task in TASKS else "")
+        lines += [f"## {task}" + (f" — {desc}" if desc else ""), "",
+                  "| size | method | n | PSNR (dB) | SSIM | RMSE (HU) | s/image | peak MB | NFE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["n"] == 0:
+                lines.append(f"| {r['size']} | {r['method']} | 0 | n/a: {r['error']} "
+                             "| | | | | |")
+                continue
+            lines.append(
+                f"| {r['size']} | {r['method']} | {r['n']} | {_pm(r, 'psnr', 2)} | "
+                f"{_pm(r, 'ssim', 3)} | {_pm(r, 'rmse_hu', 1)} | {_pm(r, 'seconds', 3)} | "
+                f"{_fmt(r['peak_mb_max'], 1)} | {_fmt(r['nfe_mean'], 1)} |")
+        failed = [r for r in rows if r["n"] and r["failed"]]
+        for r in failed:
+            lines.append(f"\n{r['method']} ({r['size']}²) failed on {r['failed']} solve(s): "
+                         f"{r['error']}")
+        lines += ["", f"![{task}]({task}.png)", ""]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if isinstance(r[k], float) and not math.isfinite(r[k])
+                             else r[k]) for k in CSV_COLUMNS})
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _write_figure(out: Path, task: str, rows: list[dict[str, Any]],
+                  window: tuple[float, float]) -> None:
+    """Ground truth and each method's reconstruction of the first image, one row per size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sizes = sorted({r["size"] for r in rows})
+    panels: list[list[tuple[str, np.ndarray | None]]] = []
+    for size in sizes:
+        folder = out / EXAMPLES / f"{task}_{size}"
+        row: list[tuple[str, np.ndarray | None]] = [
+            (f"ground truth ({size}²)", _load_npy(folder / "ground_truth.npy"))]
+        for r in (r for r in rows if r["size"] == size):
+            image = _load_npy(folder / f"{r['method']}.npy")
+            gt = row[0][1]
+            label = r["method"]
+            if image is not None and gt is not None:
+                label += f"\n{evaluate(image, gt)['psnr']:.2f} dB"
+            elif image is None:
+                label += "\nn/a"
+            row.append((label, image))
+        panels.append(row)
+    cols = max(len(p) for p in panels)
+    fig = Figure(figsize=(2.2 * cols, 2.4 * len(panels)), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, row in enumerate(panels):
+        for j, (label, image) in enumerate(row):
+            ax = fig.add_subplot(len(panels), cols, i * cols + j + 1)
+            if image is not None:
+                ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1])
+            ax.set_title(label, fontsize=8)
+            ax.set_axis_off()
+    fig.suptitle(f"{task}  (HU window [{window[0]:g}, {window[1]:g}])", fontsize=9)
+    fig.tight_layout()
+    with atomic_file(out / f"{task}.png", overwrite=True) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png")
+
+
+def _load_npy(path: Path) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    try:
+        return np.load(path)
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["BenchConfig", "PeakMemory", "ResultStore", "machine_info", "method_accepts",
+           "result_key", "run_bench", "square_resize", "summarize", "write_report"]
