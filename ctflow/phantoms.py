@@ -27,14 +27,14 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
 
 from .errors import InputError
+from .phantom_shapes import Blob, Canvas, Frame, harmonics, supersampling, texture
 
 KINDS = ("chest", "abdomen", "head")
 SPLIT_SEEDS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
@@ -48,7 +48,6 @@ LABELS = {
     "marrow": 13, "csf": 14, "grey_matter": 15, "white_matter": 16, "lesion": 17,
     "soft_tissue": 18,
 }
-_L = LABELS
 
 # Texture amplitude (HU per unit of the normalised noise field) for each label.
 _TEXTURE_AMP = np.zeros(len(LABELS), np.float32)
@@ -62,136 +61,20 @@ for _name, _amp in {
 
 
 # ---------------------------------------------------------------------------------------
-# shapes and canvas
+# shared anatomy (drawing primitives: ctflow.phantom_shapes)
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Blob:
-    """Rotated ellipse (centre cx, cy; semi-axes a, b; angle) with radial harmonics.
-
-    Inside ⇔ ρ < 1 + Σ amp_k cos(k θ + φ_k), with (ρ, θ) the polar coordinates of the
-    point in the ellipse's own frame, scaled so the plain ellipse is the unit circle.
-    """
-
-    cx: float
-    cy: float
-    a: float
-    b: float
-    angle: float = 0.0
-    harm: tuple[tuple[int, float, float], ...] = ()
-
-    def scaled(self, s: float) -> _Blob:
-        return replace(self, a=self.a * s, b=self.b * s)
-
-    def radius(self) -> float:
-        return max(self.a, self.b) * (1.0 + sum(abs(h[1]) for h in self.harm))
-
-    def inside(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        dx, dy = x - self.cx, y - self.cy
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        u = (c * dx + s * dy) / self.a
-        v = (c * dy - s * dx) / self.b
-        r2 = u * u + v * v
-        if not self.harm:
-            return r2 < 1.0
-        th = np.arctan2(v, u)
-        bound = np.ones_like(th)
-        for k, amp, ph in self.harm:
-            bound += amp * np.cos(k * th + ph)
-        return r2 < bound * bound
-
-
-class _Canvas:
-    """Supersampled HU and label images on the field of view [−1, 1]²."""
-
-    def __init__(self, res: int):
-        self.res = res
-        self.coord = ((np.arange(res) + 0.5) * (2.0 / res) - 1.0).astype(np.float32)
-        self.hu = np.full((res, res), -1000.0, np.float32)
-        self.lab = np.zeros((res, res), np.uint8)
-
-    def _window(self, blob: _Blob) -> tuple[slice, slice] | None:
-        r = blob.radius()
-        lo = lambda c: max(0, int(math.floor((c - r + 1.0) * self.res / 2.0)))  # noqa: E731
-        hi = lambda c: min(self.res, int(math.ceil((c + r + 1.0) * self.res / 2.0)))  # noqa: E731
-        ys, xs = slice(lo(blob.cy), hi(blob.cy)), slice(lo(blob.cx), hi(blob.cx))
-        if ys.start >= ys.stop or xs.start >= xs.stop:
-            return None
-        return ys, xs
-
-    def paint(self, blob: _Blob, hu: float, label: str,
-              where: Sequence[str] | None = None, within: _Blob | None = None) -> None:
-        """Set HU and label inside ``blob`` (optionally only over labels ``where`` and
-        inside ``within``)."""
-        win = self._window(blob)
-        if win is None:
-            return
-        ys, xs = win
-        x, y = self.coord[None, xs], self.coord[ys, None]
-        m = blob.inside(x, y)
-        if within is not None:
-            m &= within.inside(x, y)
-        if where is not None:
-            allowed = np.zeros(256, bool)
-            allowed[[_L[w] for w in where]] = True
-            m &= allowed[self.lab[ys, xs]]
-        self.hu[ys, xs][m] = hu
-        self.lab[ys, xs][m] = _L[label]
-
-    def shell(self, blob: _Blob, outer_hu: float, outer_label: str, inner_scale: float,
-              inner_hu: float, inner_label: str, where: Sequence[str] | None = None) -> None:
-        """A shell (e.g. cortical bone) around a core (e.g. marrow)."""
-        self.paint(blob, outer_hu, outer_label, where)
-        self.paint(blob.scaled(inner_scale), inner_hu, inner_label, [outer_label])
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """Body frame: relative coordinates (p, q) ∈ [−1, 1]² over the body's bounding
-    ellipse, mapped to the image by the body's centre, semi-axes and rotation."""
-
-    cx: float
-    cy: float
-    ax: float
-    ay: float
-    rot: float
-
-    def point(self, p: float, q: float) -> tuple[float, float]:
-        c, s = math.cos(self.rot), math.sin(self.rot)
-        u, v = p * self.ax, q * self.ay
-        return self.cx + c * u - s * v, self.cy + s * u + c * v
-
-    def blob(self, p: float, q: float, sa: float, sb: float, angle: float = 0.0,
-             harm: tuple[tuple[int, float, float], ...] = (), scale_x: bool = False) -> _Blob:
-        """Blob at relative position (p, q) with relative semi-axes (sa, sb); the semi-axes
-        scale with (ax, ay), or both with ax when ``scale_x`` (round structures)."""
-        cx, cy = self.point(p, q)
-        a = sa * self.ax
-        b = sb * (self.ax if scale_x else self.ay)
-        return _Blob(cx, cy, a, b, angle + self.rot, harm)
-
-
-def _harm(rng: np.random.Generator, orders: Sequence[int], amp: float
-          ) -> tuple[tuple[int, float, float], ...]:
-    """Random radial harmonics: amplitudes U(−amp, amp)/k^0.5, phases U(0, 2π)."""
-    return tuple((int(k), float(rng.uniform(-amp, amp) / math.sqrt(k)),
-                  float(rng.uniform(0, 2 * math.pi))) for k in orders)
-
-
 def _body_frame(rng: np.random.Generator, width: tuple[float, float],
-                aspect: tuple[float, float]) -> _Frame:
+                aspect: tuple[float, float]) -> Frame:
     ax = rng.uniform(*width)
     ay = min(ax * rng.uniform(*aspect), 0.84)
-    return _Frame(rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), ax, ay,
-                  math.radians(rng.uniform(-5, 5)))
+    return Frame(rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), ax, ay,
+                 math.radians(rng.uniform(-5, 5)))
 
 
-# ---------------------------------------------------------------------------------------
-# shared anatomy
-# ---------------------------------------------------------------------------------------
-def _torso_wall(cv: _Canvas, rng: np.random.Generator, f: _Frame, fat: tuple[float, float],
-                cavity_hu: float, cavity_label: str) -> _Blob:
+def _torso_wall(cv: Canvas, rng: np.random.Generator, f: Frame, fat: tuple[float, float],
+                cavity_hu: float, cavity_label: str) -> Blob:
     """Skin, subcutaneous fat and muscle wall; returns the body cavity outline."""
-    body = f.blob(0, 0, 1, 1, 0, _harm(rng, (2, 3, 4), 0.04))
+    body = f.blob(0, 0, 1, 1, 0, harmonics(rng, (2, 3, 4), 0.04))
     skin = rng.uniform(0.012, 0.02)
     fat_t = rng.uniform(*fat)
     muscle_t = rng.uniform(0.05, 0.08)
@@ -203,7 +86,7 @@ def _torso_wall(cv: _Canvas, rng: np.random.Generator, f: _Frame, fat: tuple[flo
     return cavity
 
 
-def _spine(cv: _Canvas, rng: np.random.Generator, f: _Frame, q: float) -> None:
+def _spine(cv: Canvas, rng: np.random.Generator, f: Frame, q: float) -> None:
     """Paraspinal muscles, vertebral body (cortical shell + marrow), canal with cord,
     lamina and spinous process; vertebral body centre at relative depth q."""
     for side in (-1, 1):
@@ -211,7 +94,7 @@ def _spine(cv: _Canvas, rng: np.random.Generator, f: _Frame, q: float) -> None:
                  "muscle", ["fat", "muscle", "soft_tissue"])
     cortex, marrow = rng.uniform(1000, 1400), rng.uniform(180, 300)
     r = rng.uniform(0.085, 0.11)
-    body = f.blob(0, q, r * 1.1, r, 0, _harm(rng, (2, 3), 0.04), scale_x=True)
+    body = f.blob(0, q, r * 1.1, r, 0, harmonics(rng, (2, 3), 0.04), scale_x=True)
     cv.shell(body, cortex, "cortical_bone", 0.8, marrow, "marrow")
     rc = r * 0.45
     arch = f.blob(0, q + (r + rc) * f.ax / f.ay + 0.01, rc * 1.7, rc * 1.5, scale_x=True)
@@ -225,7 +108,7 @@ def _spine(cv: _Canvas, rng: np.random.Generator, f: _Frame, q: float) -> None:
     cv.paint(arch.scaled(0.62), rng.uniform(15, 35), "csf")
 
 
-def _ribs(cv: _Canvas, rng: np.random.Generator, f: _Frame, radius: float,
+def _ribs(cv: Canvas, rng: np.random.Generator, f: Frame, radius: float,
           angles: np.ndarray, cortex: float, marrow: float) -> None:
     """Rib cross-sections on the ellipse of relative radius ``radius`` at body-frame angles
     (0 = image right, π/2 = posterior), elongated along the body wall."""
@@ -235,11 +118,11 @@ def _ribs(cv: _Canvas, rng: np.random.Generator, f: _Frame, radius: float,
         length = rng.uniform(0.035, 0.06)
         thick = rng.uniform(0.015, 0.022)
         cx, cy = f.point(p, q)
-        rib = _Blob(cx, cy, length, thick, tangent + f.rot)
+        rib = Blob(cx, cy, length, thick, tangent + f.rot)
         cv.shell(rib, cortex, "cortical_bone", 0.55, marrow, "marrow")
 
 
-def _lesions(cv: _Canvas, rng: np.random.Generator, organ: _Blob, base: float,
+def _lesions(cv: Canvas, rng: np.random.Generator, organ: Blob, base: float,
              contrast: tuple[float, float], count: int, size: tuple[float, float],
              where: Sequence[str], label: str = "lesion") -> None:
     """``count`` round lesions with HU = base + U(contrast) inside ``organ``."""
@@ -249,16 +132,16 @@ def _lesions(cv: _Canvas, rng: np.random.Generator, organ: _Blob, base: float,
         c, s = math.cos(organ.angle), math.sin(organ.angle)
         u, v = rr * organ.a * math.cos(th), rr * organ.b * math.sin(th)
         rad = rng.uniform(*size)
-        les = _Blob(organ.cx + c * u - s * v, organ.cy + s * u + c * v, rad,
-                    rad * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi),
-                    _harm(rng, (2, 3), 0.08))
+        les = Blob(organ.cx + c * u - s * v, organ.cy + s * u + c * v, rad,
+                   rad * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi),
+                   harmonics(rng, (2, 3), 0.08))
         cv.paint(les, base + rng.uniform(*contrast), label, where)
 
 
 # ---------------------------------------------------------------------------------------
 # chest
 # ---------------------------------------------------------------------------------------
-def _chest(cv: _Canvas, rng: np.random.Generator) -> None:
+def _chest(cv: Canvas, rng: np.random.Generator) -> None:
     f = _body_frame(rng, (0.76, 0.86), (0.62, 0.76))
     cavity = _torso_wall(cv, rng, f, (0.03, 0.11), rng.uniform(-100, -70), "fat")
     s_in = cavity.a / f.ax
@@ -268,12 +151,12 @@ def _chest(cv: _Canvas, rng: np.random.Generator) -> None:
     for side in (-1, 1):
         lung = f.blob(side * rng.uniform(0.40, 0.45) * s_in, rng.uniform(-0.04, 0.04),
                       rng.uniform(0.50, 0.56) * s_in, rng.uniform(0.85, 0.95) * s_in,
-                      side * rng.uniform(-0.1, 0.1), _harm(rng, (2, 3, 4, 5), 0.06))
+                      side * rng.uniform(-0.1, 0.1), harmonics(rng, (2, 3, 4, 5), 0.06))
         cv.paint(lung, lung_hu + rng.uniform(-15, 15), "lung", ["fat"], within=cavity)
         lungs.append(lung)
     # heart anterior-left (image right) in pericardial fat; descending aorta; oesophagus
     heart = f.blob(rng.uniform(0.12, 0.2), rng.uniform(-0.3, -0.15), rng.uniform(0.27, 0.33),
-                   rng.uniform(0.33, 0.42), rng.uniform(-0.7, -0.4), _harm(rng, (2, 3), 0.05))
+                   rng.uniform(0.33, 0.42), rng.uniform(-0.7, -0.4), harmonics(rng, (2, 3), 0.05))
     cv.paint(heart.scaled(1.12), rng.uniform(-100, -70), "fat", within=cavity)
     blood = rng.uniform(35, 48)
     cv.paint(heart, blood + rng.uniform(3, 8), "blood", within=cavity)
@@ -310,15 +193,15 @@ def _chest(cv: _Canvas, rng: np.random.Generator) -> None:
             py = lung.cy + rr * lung.b * math.sin(th)
             dist = math.hypot(px - hx, py - hy)
             rad = max(0.004, rng.uniform(0.006, 0.016) * (1.2 - min(dist, 0.9)))
-            vessel = _Blob(px, py, rad * rng.uniform(1.0, 2.5), rad,
-                           math.atan2(py - hy, px - hx))
+            vessel = Blob(px, py, rad * rng.uniform(1.0, 2.5), rad,
+                          math.atan2(py - hy, px - hx))
             cv.paint(vessel, rng.uniform(30, 50), "blood", ["lung"])
         for _ in range(int(rng.integers(1, 4))):
             th = rng.uniform(0, 2 * math.pi)
             rr = rng.uniform(0.15, 0.5)
             px = lung.cx + rr * lung.a * math.cos(th)
             py = lung.cy + rr * lung.b * math.sin(th)
-            br = _Blob(px, py, rng.uniform(0.008, 0.014), rng.uniform(0.008, 0.014))
+            br = Blob(px, py, rng.uniform(0.008, 0.014), rng.uniform(0.008, 0.014))
             cv.paint(br, 40.0, "soft_tissue", ["lung"])
             cv.paint(br.scaled(0.6), -1000.0, "air", ["soft_tissue"])
     # lesions: solid / ground-glass lung nodules, low-contrast mediastinal node
@@ -333,7 +216,7 @@ def _chest(cv: _Canvas, rng: np.random.Generator) -> None:
 # ---------------------------------------------------------------------------------------
 # abdomen
 # ---------------------------------------------------------------------------------------
-def _bowel_loop(cv: _Canvas, rng: np.random.Generator, loop: _Blob, kind: int) -> None:
+def _bowel_loop(cv: Canvas, rng: np.random.Generator, loop: Blob, kind: int) -> None:
     """A bowel loop: wall (≈ 40 HU) and content: 0 fluid, 1 fluid with a gas pocket on top,
     2 gas, 3 faeces (mottled, with gas bubbles)."""
     cv.paint(loop, rng.uniform(30, 50), "bowel", ["fat"])
@@ -345,19 +228,19 @@ def _bowel_loop(cv: _Canvas, rng: np.random.Generator, loop: _Blob, kind: int) -
              ["bowel"])
     if kind == 1:  # air–fluid level: gas in the anterior (upper) part of the lumen
         level = inner.cy - inner.b * rng.uniform(0.0, 0.6)
-        gas = _Blob(inner.cx, level - 2 * inner.radius(), 3 * inner.radius(),
-                    2 * inner.radius())
+        gas = Blob(inner.cx, level - 2 * inner.radius(), 3 * inner.radius(),
+                   2 * inner.radius())
         cv.paint(inner, -1000.0, "air", ["bowel"], within=gas)
     if kind == 3:
         for _ in range(int(rng.integers(2, 6))):
             r = rng.uniform(0.1, 0.3) * inner.a
             bx = inner.cx + rng.uniform(-0.5, 0.5) * inner.a
             by = inner.cy + rng.uniform(-0.5, 0.5) * inner.b
-            cv.paint(_Blob(bx, by, r, r * rng.uniform(0.6, 1.0)), -1000.0, "air",
+            cv.paint(Blob(bx, by, r, r * rng.uniform(0.6, 1.0)), -1000.0, "air",
                      ["bowel"], within=inner)
 
 
-def _abdomen(cv: _Canvas, rng: np.random.Generator) -> None:
+def _abdomen(cv: Canvas, rng: np.random.Generator) -> None:
     f = _body_frame(rng, (0.75, 0.86), (0.68, 0.82))
     cavity = _torso_wall(cv, rng, f, (0.04, 0.16), rng.uniform(-110, -85), "fat")
     s_in = cavity.a / f.ax
@@ -370,8 +253,8 @@ def _abdomen(cv: _Canvas, rng: np.random.Generator) -> None:
     cv.paint(aorta, blood, "blood")
     if rng.uniform() < 0.35:  # wall calcification
         th = rng.uniform(0, 2 * math.pi)
-        cv.paint(_Blob(aorta.cx + 0.9 * aorta.a * math.cos(th),
-                       aorta.cy + 0.9 * aorta.a * math.sin(th), 0.008, 0.005, th + 1.57),
+        cv.paint(Blob(aorta.cx + 0.9 * aorta.a * math.cos(th),
+                      aorta.cy + 0.9 * aorta.a * math.sin(th), 0.008, 0.005, th + 1.57),
                  rng.uniform(400, 900), "lesion")
     cv.paint(f.blob(rng.uniform(-0.16, -0.1), rng.uniform(0.2, 0.26), 0.065, 0.045, 0.2,
                     scale_x=True), blood, "blood", ["fat"])
@@ -380,7 +263,7 @@ def _abdomen(cv: _Canvas, rng: np.random.Generator) -> None:
     for side in (-1, 1):
         k = f.blob(side * rng.uniform(0.3, 0.36), rng.uniform(0.3, 0.4), rng.uniform(0.1, 0.12),
                    rng.uniform(0.14, 0.17), side * rng.uniform(0.3, 0.6),
-                   _harm(rng, (2, 3), 0.05), scale_x=True)
+                   harmonics(rng, (2, 3), 0.05), scale_x=True)
         cortex_hu = rng.uniform(38, 48)
         cv.paint(k, cortex_hu, "kidney", ["fat", "muscle"])
         cv.paint(k.scaled(0.7), cortex_hu - rng.uniform(6, 12), "kidney", ["kidney"])
@@ -391,7 +274,7 @@ def _abdomen(cv: _Canvas, rng: np.random.Generator) -> None:
     liver_hu = rng.uniform(52, 68)
     liver = f.blob(rng.uniform(-0.44, -0.36) * s_in, rng.uniform(-0.2, -0.05) * s_in,
                    rng.uniform(0.42, 0.52) * s_in, rng.uniform(0.55, 0.7) * s_in,
-                   rng.uniform(-0.3, 0.1), _harm(rng, (2, 3, 4), 0.1))
+                   rng.uniform(-0.3, 0.1), harmonics(rng, (2, 3, 4), 0.1))
     cv.paint(liver, liver_hu, "liver", ["fat"], within=cavity)
     for _ in range(int(rng.integers(3, 7))):  # hepatic / portal vessels
         _lesions(cv, rng, liver, blood, (-8, 8), 1, (0.01, 0.02), ["liver"], "blood")
@@ -401,34 +284,34 @@ def _abdomen(cv: _Canvas, rng: np.random.Generator) -> None:
         cv.paint(gb, rng.uniform(0, 20), "soft_tissue", ["liver"])
     spleen = f.blob(rng.uniform(0.5, 0.6) * s_in, rng.uniform(0.2, 0.4) * s_in,
                     rng.uniform(0.12, 0.18), rng.uniform(0.22, 0.3), rng.uniform(0.3, 0.7),
-                    _harm(rng, (2, 3), 0.08))
+                    harmonics(rng, (2, 3), 0.08))
     if rng.uniform() < 0.8:
         cv.paint(spleen, rng.uniform(40, 52), "spleen", ["fat"], within=cavity)
     stomach = f.blob(rng.uniform(0.25, 0.4) * s_in, rng.uniform(-0.5, -0.3) * s_in,
                      rng.uniform(0.18, 0.28), rng.uniform(0.14, 0.22), rng.uniform(-0.5, 0.5),
-                     _harm(rng, (2, 3), 0.08))
+                     harmonics(rng, (2, 3), 0.08))
     if rng.uniform() < 0.8:
         cv.paint(stomach, rng.uniform(35, 50), "stomach", ["fat"], within=cavity)
         inner = stomach.scaled(0.85)
         cv.paint(inner, rng.uniform(5, 25), "stomach", ["stomach"])
         level = inner.cy + inner.b * rng.uniform(-0.8, 0.3)
-        gas = _Blob(inner.cx, level - 2 * inner.radius(), 3 * inner.radius(), 2 * inner.radius())
+        gas = Blob(inner.cx, level - 2 * inner.radius(), 3 * inner.radius(), 2 * inner.radius())
         cv.paint(inner, -1000.0, "air", ["stomach"], within=gas)
     if rng.uniform() < 0.5:  # pancreas anterior to the aorta
         cv.paint(f.blob(rng.uniform(0.0, 0.15), rng.uniform(0.0, 0.1), rng.uniform(0.2, 0.28),
-                        0.05, rng.uniform(-0.4, 0.0), _harm(rng, (3, 5), 0.1)),
+                        0.05, rng.uniform(-0.4, 0.0), harmonics(rng, (3, 5), 0.1)),
                  rng.uniform(35, 48), "soft_tissue", ["fat"], within=cavity)
     # colon at the flanks, small-bowel loops in the anterior/central abdomen
     for side in (-1, 1):
         colon = f.blob(side * rng.uniform(0.55, 0.65) * s_in, rng.uniform(-0.1, 0.25) * s_in,
                        rng.uniform(0.1, 0.14), rng.uniform(0.1, 0.14), 0.0,
-                       _harm(rng, (3, 4, 5), 0.1), scale_x=True)
+                       harmonics(rng, (3, 4, 5), 0.1), scale_x=True)
         _bowel_loop(cv, rng, colon, int(rng.choice([1, 2, 3, 3])))
     for _ in range(int(rng.integers(6, 16))):
         r = rng.uniform(0.05, 0.1)
         loop = f.blob(rng.uniform(-0.6, 0.6) * s_in, rng.uniform(-0.8, 0.2) * s_in, r,
                       r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi),
-                      _harm(rng, (2, 3), 0.06), scale_x=True)
+                      harmonics(rng, (2, 3), 0.06), scale_x=True)
         _bowel_loop(cv, rng, loop, int(rng.choice([0, 0, 1, 2, 3])))
     # lower ribs at the flanks
     cortex, marrow = rng.uniform(900, 1300), rng.uniform(180, 300)
@@ -452,23 +335,23 @@ def _abdomen(cv: _Canvas, rng: np.random.Generator) -> None:
 # ---------------------------------------------------------------------------------------
 # head
 # ---------------------------------------------------------------------------------------
-def _head(cv: _Canvas, rng: np.random.Generator) -> None:
+def _head(cv: Canvas, rng: np.random.Generator) -> None:
     f = _body_frame(rng, (0.64, 0.74), (1.12, 1.22))
-    head = f.blob(0, 0, 1, 1, 0, _harm(rng, (2, 3, 4), 0.035))
+    head = f.blob(0, 0, 1, 1, 0, harmonics(rng, (2, 3, 4), 0.035))
     cv.paint(head, rng.uniform(25, 45), "skin")
     cv.paint(head.scaled(0.975), rng.uniform(-90, -50), "fat")
     skull_out = head.scaled(rng.uniform(0.93, 0.95))
     thick = rng.uniform(0.065, 0.095)
     table = rng.uniform(1350, 1650)
     skull_in = replace(skull_out.scaled(1 - thick), harm=skull_out.harm
-                       + _harm(rng, (2, 3), 0.02))
+                       + harmonics(rng, (2, 3), 0.02))
     cv.paint(skull_out, table, "cortical_bone")
     diploe = skull_out.scaled(1 - 0.35 * thick)
     cv.paint(diploe, rng.uniform(500, 850), "marrow")
     cv.paint(skull_out.scaled(1 - 0.7 * thick), table, "cortical_bone")
     if rng.uniform() < 0.35:  # frontal sinus: air within the anterior skull
         cx, cy = f.point(rng.uniform(-0.05, 0.05), -(1 - 0.5 * thick) * 0.94)
-        sinus = _Blob(cx, cy, rng.uniform(0.04, 0.08), 0.6 * thick * f.ay, f.rot)
+        sinus = Blob(cx, cy, rng.uniform(0.04, 0.08), 0.6 * thick * f.ay, f.rot)
         cv.paint(sinus, -1000.0, "air", ["marrow"])
     csf = rng.uniform(5, 15)
     cv.paint(skull_in, csf, "csf")
@@ -476,7 +359,7 @@ def _head(cv: _Canvas, rng: np.random.Generator) -> None:
     cortex = skull_in.scaled(rng.uniform(0.95, 0.975))
     cv.paint(cortex, gm, "grey_matter", ["csf"])
     white = replace(cortex.scaled(rng.uniform(0.78, 0.84)),
-                    harm=_harm(rng, (2, 3), 0.04) + _harm(rng, range(9, 22, 2), 0.09))
+                    harm=harmonics(rng, (2, 3), 0.04) + harmonics(rng, range(9, 22, 2), 0.09))
     cv.paint(white, wm, "white_matter", ["grey_matter"])
     # sulci: thin radial CSF clefts from the cortical surface
     for _ in range(int(rng.integers(18, 34))):
@@ -486,7 +369,7 @@ def _head(cv: _Canvas, rng: np.random.Generator) -> None:
         p, q = r0 * math.cos(th) * cortex.a / f.ax, r0 * math.sin(th) * cortex.b / f.ay
         cx, cy = f.point(p, q)
         ang = math.atan2(f.ay * math.sin(th) / f.ax, math.cos(th)) + f.rot
-        cv.paint(_Blob(cx, cy, depth * f.ax / 2, rng.uniform(0.004, 0.008), ang), csf, "csf",
+        cv.paint(Blob(cx, cy, depth * f.ax / 2, rng.uniform(0.004, 0.008), ang), csf, "csf",
                  ["grey_matter", "white_matter"])
     # interhemispheric fissure (anterior and posterior), deep grey matter, ventricles
     for q0, q1 in ((-0.95, -0.45), (0.45, 0.95)):
@@ -520,31 +403,8 @@ _RENDER = {"chest": _chest, "abdomen": _abdomen, "head": _head}
 
 
 # ---------------------------------------------------------------------------------------
-# texture and public API
+# public API
 # ---------------------------------------------------------------------------------------
-def _bilinear(g: np.ndarray, res: int) -> np.ndarray:
-    """Bilinear interpolation of a (grid, grid) lattice with nodes at the cell centres of
-    [−1, 1]² to the res² render pixel centres (the same physical points at every size)."""
-    grid = g.shape[0]
-    pos = np.clip(((np.arange(res) + 0.5) / res) * grid - 0.5, 0, grid - 1)
-    i0 = np.minimum(np.floor(pos).astype(int), grid - 2)
-    w = (pos - i0).astype(np.float32)
-    rows = g[i0] * (1 - w)[:, None] + g[i0 + 1] * w[:, None]
-    return rows[:, i0] * (1 - w)[None, :] + rows[:, i0 + 1] * w[None, :]
-
-
-def _texture(rng: np.random.Generator, res: int) -> np.ndarray:
-    """Unit-std band-limited noise field on [−1, 1]²: Gaussian-smoothed white noise on a
-    coarse (24²) and a fine (64²) lattice, bilinearly interpolated, mixed 0.6 : 0.8."""
-    field = np.zeros((res, res), np.float32)
-    for grid, sigma, weight in ((24, 1.5, 0.6), (64, 1.0, 0.8)):
-        g = gaussian_filter(rng.standard_normal((grid, grid)), sigma, mode="wrap")
-        field += _bilinear((weight * g / g.std()).astype(np.float32), res)
-    return field
-
-
-def _supersampling(size: int) -> int:
-    return min(8, max(2, math.ceil(256 / size)))
 
 
 def _check(kind: str, size: int, seed: int) -> None:
@@ -562,11 +422,11 @@ def phantom_labels(kind: str = "chest", size: int = 128, seed: int = 0
     label of each pixel's central sub-sample) of one procedural slice."""
     _check(kind, size, seed)
     size = int(size)
-    s = _supersampling(size)
+    s = supersampling(size)
     rng = np.random.default_rng(int(seed))
-    cv = _Canvas(size * s)
+    cv = Canvas(size * s, LABELS)
     _RENDER[kind](cv, rng)
-    cv.hu += _TEXTURE_AMP[cv.lab] * rng.uniform(0.7, 1.3) * _texture(rng, cv.res)
+    cv.hu += _TEXTURE_AMP[cv.lab] * rng.uniform(0.7, 1.3) * texture(rng, cv.res)
     hu = cv.hu.reshape(size, s, size, s).mean(axis=(1, 3), dtype=np.float32)
     return hu.astype(np.float32), cv.lab[s // 2::s, s // 2::s].copy()
 
