@@ -7,12 +7,14 @@ the continuous timestep 1000·t (sinusoidal embedding), see :func:`velocity_net_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import UNet2DModel
 
 from ..errors import PriorError
+
+if TYPE_CHECKING:  # diffusers takes seconds to import: only when a network is built
+    from diffusers import UNet2DModel
 
 TIME_SCALE = 1000.0  # network timestep = TIME_SCALE · t
 
@@ -61,6 +63,8 @@ def unet_config(image_size: int, preset: str = "small") -> dict[str, Any]:
 
 def build_unet(config: dict[str, Any]) -> UNet2DModel:
     """A freshly initialised ``UNet2DModel`` from a config dict; PriorError if it is invalid."""
+    from diffusers import UNet2DModel
+
     kwargs = dict(config)
     for key in ("block_out_channels", "down_block_types", "up_block_types"):
         if key in kwargs:
