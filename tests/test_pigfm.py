@@ -5,6 +5,8 @@ Each is checked against its guided ODE solved to 1e-11 by scipy (independent Num
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -97,8 +99,8 @@ def test_otode_converges_first_order(noise):
     prior, op, y, *parts = make_toy(noise)
     t0 = 0.2
     ref = reference(parts, op, y, t0, lambda t: (1 - t) / (t * r2(t)), True, noise=noise)
-    errs = [rel(otode(y, op, prior=prior, nfe=2 * k, t0=t0, noise_std=noise or None).image,
-                ref) for k in NFES]
+    errs = [rel(otode(y, op, prior=prior, nfe=2 * k, t0=t0, gamma=1.0, jacobian=True,
+                      noise_std=noise or None).image, ref) for k in NFES]
     assert -1.15 < slope(errs) < -0.85, errs
     assert errs[-1] < 0.01
 
@@ -118,7 +120,9 @@ def test_pigfm_and_conjugate_integrate_the_same_ode():
 def test_nfe_counts_forward_and_vjp():
     prior, op, y, *_ = make_toy()
     res = ctflow.reconstruct(y, op, method="otode", prior=prior, nfe=10)
-    assert res.nfe == 10 and len(res.info["steps"]) == 5  # VJP kept by default
+    assert res.nfe == 10 and len(res.info["steps"]) == 10  # tuned default: J_x̂1 ≈ I
+    res = ctflow.reconstruct(y, op, method="otode", prior=prior, nfe=10, jacobian=True)
+    assert res.nfe == 10 and len(res.info["steps"]) == 5  # forward + VJP per step
     res = ctflow.reconstruct(y, op, method="otode", prior=prior, nfe=7, jacobian=False)
     assert res.nfe == 7
     res = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=5, jacobian=True)
@@ -139,3 +143,64 @@ def test_seeded_and_bad_input():
         pigfm(y, op, prior=prior, nfe=0)
     with pytest.raises(MethodError):
         pigfm(y, op, prior=prior, tau=-0.1)
+
+
+def _tuning_table():
+    from ctflow.solvers.guidance import DEFAULTS_FILE
+
+    return json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+
+
+GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
+
+
+def test_tuned_defaults_are_the_validation_argmax():
+    """Every guided sampler has its own records for every family at 5 NFE, each the best
+    score of its recorded validation grid (same grid size for every method)."""
+    from ctflow.solvers.guidance import FAMILIES
+
+    table = _tuning_table()
+    runs = table["tuning"]
+    assert runs and all("split='val'" in run["images"] for run in runs)
+    grid = [row for run in runs for row in run["grid"]]
+    sizes = {}
+    for method in GUIDED:
+        records = table["methods"][method]["tuned"]
+        for family in FAMILIES:
+            assert any(r["family"] == family and not r["jacobian"] and r["nfe"] == 5
+                       for r in records), (method, family)
+        for rec in records:
+            variant = method + ("+vjp" if rec["jacobian"] else "")
+            rows = [g for g in grid if (g["variant"], g["family"], g["nfe"])
+                    == (variant, rec["family"], rec["nfe"])]
+            sizes.setdefault(variant, set()).add(len(rows))
+            names = [k for k in ("w", "tau", "gamma", "t0") if k in rec]
+            same = [g for g in rows if all(g[k] == rec[k] for k in names)]
+            assert len(same) == 1 and same[0]["psnr_val"] == rec["psnr_val"], rec
+            assert rec["psnr_val"] == max(g["psnr_val"] for g in rows), rec
+    assert len({s for v in sizes.values() for s in v}) == 1, sizes  # same grid budget
+
+
+@pytest.mark.parametrize("method", GUIDED)
+def test_defaults_resolve_per_method_family_jacobian_and_budget(method):
+    from ctflow.solvers.guidance import resolve_options
+
+    _, op, *_ = make_toy()
+    records = _tuning_table()["methods"][method]["tuned"]
+    keys = ("w", "tau", "gamma", "t0")
+    for family in {r["family"] for r in records}:
+        for jac in (False, True):
+            own = sorted((r for r in records if r["family"] == family
+                          and r["jacobian"] == jac), key=lambda r: r["nfe"])
+            if not own:
+                continue
+            for nfe in (1, own[0]["nfe"], own[-1]["nfe"] + 1, 1000):
+                opts = resolve_options(method, op, family, nfe=nfe, jacobian=jac)
+                want = [r for r in own if r["nfe"] <= nfe]
+                want = want[-1] if want else own[0]
+                assert opts["tuned_at_nfe"] == want["nfe"] and opts["jacobian"] == jac
+                assert all(opts[k] == want[k] for k in keys if k in want)
+    # given options win over the tuned ones
+    family = records[0]["family"]
+    name = "t0" if method == "otode" else "tau"
+    assert resolve_options(method, op, family, nfe=5, **{name: 0.123})[name] == 0.123

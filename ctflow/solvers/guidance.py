@@ -51,25 +51,12 @@ _FAMILY_OF_CLASS = {
 def velocity_and_vjp(
     prior: Prior, x: torch.Tensor, t: float
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """v(x, t) (1 NFE) and a function cot ↦ J_vᵀ cot (1 NFE per call) on the same graph.
+    """v(x, t) (1 NFE) and cot ↦ J_vᵀ cot (1 NFE per call): ``Prior.velocity_with_vjp``.
 
-    ``Prior.velocity_vjp`` needs the cotangent up front, but here it depends on v itself
-    (r = ŷ − P x̂1), so the forward keeps its graph and the VJP follows: one forward and one
-    VJP per step, both counted in ``prior.nfe``.
+    The cotangent r = ŷ − P x̂1 depends on v itself, so the forward keeps its graph and the
+    VJP follows; both are counted in ``prior.nfe``.
     """
-    prior.nfe += 1
-    tt = prior._time(t, x)
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        v = prior._velocity(xg, tt)
-
-    def vjp(cot: torch.Tensor) -> torch.Tensor:
-        prior.nfe += 1
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(v, xg, grad_outputs=cot)
-        return g.detach()
-
-    return v.detach(), vjp
+    return prior.velocity_with_vjp(x, t)
 
 
 # -- data terms --------------------------------------------------------------------------
@@ -146,9 +133,31 @@ def _table() -> dict[str, Any]:
         return json.load(fh)
 
 
+TUNED_META = ("family", "jacobian", "nfe", "psnr_val", "task")
+
+
+def tuned_record(method: str, family: str | None, jacobian: bool,
+                 nfe: int | None) -> dict[str, Any] | None:
+    """The validation-tuned setting of (method, family, jacobian) for an NFE budget.
+
+    Among the records tuned at budgets ≤ ``nfe`` the one with the largest budget, else the
+    smallest budget tuned; None if the family has no record for this jacobian setting.
+    """
+    records = [r for r in _table()["methods"][method].get("tuned", [])
+               if r["family"] == family and bool(r["jacobian"]) == bool(jacobian)]
+    if not records:
+        return None
+    below = [r for r in records if nfe is not None and r["nfe"] <= nfe]
+    if below:
+        return max(below, key=lambda r: r["nfe"])
+    return min(records, key=lambda r: r["nfe"])
+
+
 def resolve_options(method: str, op: LinearOperator, task_family: str | None,
-                    **given: Any) -> dict[str, Any]:
-    """Given (non-None) options win, then the family's tuned values, then the generic ones."""
+                    nfe: int | None = None, **given: Any) -> dict[str, Any]:
+    """Options of a call, by priority: the given (non-None) ones; the family's record tuned
+    on the validation split for this jacobian setting and budget (:func:`tuned_record`);
+    the family's fixed values; the method's generic values."""
     if task_family is not None and task_family not in FAMILIES:
         raise MethodError(f"unknown task_family {task_family!r}; choose one of "
                           f"{', '.join(FAMILIES)} or None")
@@ -157,6 +166,12 @@ def resolve_options(method: str, op: LinearOperator, task_family: str | None,
     out = dict(entry["generic"])
     if family is not None:
         out.update(entry.get("families", {}).get(family, {}))
+    if given.get("jacobian") is not None:
+        out["jacobian"] = bool(given["jacobian"])
+    record = tuned_record(method, family, bool(out.get("jacobian", False)), nfe)
+    if record is not None:
+        out.update({k: v for k, v in record.items() if k not in TUNED_META})
     out.update({k: v for k, v in given.items() if v is not None})
     out["task_family"] = family
+    out["tuned_at_nfe"] = None if record is None else record["nfe"]
     return out

@@ -8,12 +8,15 @@ with ŷ_t the effective target of guidance.py (ỹ when noiseless; the noise-awa
 P(AᵀA + ρ_t)⁻¹(Aᵀy + ρ_t P x̂1), ρ_t = σ_y²/r_t², otherwise).  They differ only in c(t):
 
 * ``pigfm``: c(t) = w·t(1−t) — exactly the guided ODE that C-ΠGFM (``conjugate``) integrates,
-  with the same defaults (w, τ, jacobian), so ``pigfm`` vs ``conjugate`` isolates the
-  integrator (apples to apples).
-* ``otode`` (Pokle et al., OT path): c(t) = γ_t·(1−t)/(t·r_t²) with γ_t = 1, i.e. the DESIGN
-  formula v + ((1−t)/t)·γ_t·J_x̂1ᵀ Aᵀ(r_t² AAᵀ + σ_y² I)⁻¹(y − A x̂1), since
-  Aᵀ(r_t² AAᵀ + σ_y²)⁻¹(y − A x̂1) = (ŷ_t − P x̂1)/r_t².  Default: the VJP is kept
-  (jacobian=True, 2 NFE per step) and t0 = 0.2.
+  so ``pigfm`` vs ``conjugate`` at equal (w, τ) isolates the integrator.
+* ``otode`` (Pokle et al., OT path): c(t) = γ·(1−t)/(t·r_t²), i.e. the DESIGN formula
+  v + ((1−t)/t)·γ·J_x̂1ᵀ Aᵀ(r_t² AAᵀ + σ_y² I)⁻¹(y − A x̂1), since
+  Aᵀ(r_t² AAᵀ + σ_y²)⁻¹(y − A x̂1) = (ŷ_t − P x̂1)/r_t².
+
+Defaults: each method has its *own* records in conjugate_defaults.json, chosen on the
+validation split per task family and NFE budget on a grid of the same size as conjugate's
+(``scripts/bench_conjugate.py --tune``): plain Euler at large w diverges at 5–10 steps, so it
+must not inherit conjugate's w.  Tuned and default: jacobian=False (J_x̂1 ≈ I).
 
 Cost per step: 1 NFE (jacobian=False, J_x̂1 ≈ I) or 2 NFE (forward + VJP); the budget ``nfe``
 gives K = nfe or nfe // 2 steps.
@@ -58,10 +61,11 @@ def pigfm(
     jacobian: bool | None = None,
     task_family: str | None = None,
 ) -> SolverOutput:
-    """ΠGFM: Euler on dx/dt = v + w t(1−t) J_x̂1ᵀ(ŷ − P x̂1) from τ (module docstring)."""
-    opts = resolve_options("conjugate", op, task_family, w=w, tau=tau, jacobian=jacobian)
+    """ΠGFM: Euler on dx/dt = v + w t(1−t) J_x̂1ᵀ(ŷ − P x̂1) from τ (module docstring);
+    (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe."""
+    opts = resolve_options("pigfm", op, task_family, nfe=nfe, w=w, tau=tau, jacobian=jacobian)
     weight = float(opts["w"])
-    opts = {k: opts[k] for k in ("w", "tau", "jacobian", "task_family")}
+    opts = {k: opts[k] for k in ("w", "tau", "jacobian", "task_family", "tuned_at_nfe")}
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, opts["tau"],
                   lambda t: weight * t * (1 - t), "pigfm")
 
@@ -81,7 +85,8 @@ def otode(
     task_family: str | None = None,
 ) -> SolverOutput:
     """OT-ODE: Euler on dx/dt = v + γ (1−t)/(t r_t²) J_x̂1ᵀ(ŷ − P x̂1) from t0 > 0."""
-    opts = resolve_options("otode", op, task_family, t0=t0, gamma=gamma, jacobian=jacobian)
+    opts = resolve_options("otode", op, task_family, nfe=nfe, t0=t0, gamma=gamma,
+                           jacobian=jacobian)
     gam = float(opts["gamma"])
     start = check_unit_interval("t0", opts["t0"], low_open=True)
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, start,
