@@ -10,6 +10,9 @@ iterations and reports
   just before the solve;
 * CUDA (``--device cuda``): ``torch.cuda.max_memory_allocated`` and its increment.
 
+Every point is measured in ``--repeats`` (default 3) fresh subprocesses and the median
+increment is reported with its min–max spread.
+
 MS-Flow keeps K = ``--shooting`` fixed and uses M = steps/K Euler steps per segment;
 D-Flow back-propagates through all steps.  The task is inpainting of a random half of the
 pixels (the operator's memory is negligible next to the network's).  Prints a Markdown and
@@ -123,6 +126,19 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_point(args: argparse.Namespace, method: str, size: int, steps: int) -> dict:
+    """The point measured in ``args.repeats`` fresh subprocesses; the record of the run with
+    the median increment (its spread kept as ``increment_min/max_bytes``): RSS increments
+    of a few MiB move with allocator and page-cache noise, the median of 3 is robust."""
+    runs = sorted((_run_once(args, method, size, steps) for _ in range(args.repeats)),
+                  key=lambda r: r["increment_bytes"])
+    record = dict(runs[len(runs) // 2])
+    record["increment_min_bytes"] = runs[0]["increment_bytes"]
+    record["increment_max_bytes"] = runs[-1]["increment_bytes"]
+    record["repeats"] = len(runs)
+    return record
+
+
+def _run_once(args: argparse.Namespace, method: str, size: int, steps: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--method", method,
            "--size", str(size), "--steps", str(steps), "--iters", str(args.iters),
            "--shooting", str(args.shooting), "--preset", args.preset, "--device", args.device,
@@ -138,7 +154,7 @@ def run_point(args: argparse.Namespace, method: str, size: int, steps: int) -> d
 
 def tables(rows: list[dict]) -> tuple[str, str]:
     """Markdown and CSV tables (MiB)."""
-    cols = ["size", "steps", "method", "peak_MiB", "increment_MiB", "seconds", "nfe",
+    cols = ["size", "steps", "method", "peak_MiB", "increment_MiB (min–max)", "seconds", "nfe",
             "grad_fallbacks"]
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     buf = io.StringIO()
@@ -146,7 +162,8 @@ def tables(rows: list[dict]) -> tuple[str, str]:
     w.writerow(cols)
     for r in rows:
         vals = [r["size"], r["steps"], r["method"], f"{r['peak_bytes'] / 2**20:.0f}",
-                f"{r['increment_bytes'] / 2**20:.1f}", f"{r['seconds']:.1f}", r["nfe"],
+                f"{r['increment_bytes'] / 2**20:.1f} ({r['increment_min_bytes'] / 2**20:.1f}–"
+                f"{r['increment_max_bytes'] / 2**20:.1f})", f"{r['seconds']:.1f}", r["nfe"],
                 r["grad_fallbacks"]]
         md.append("| " + " | ".join(map(str, vals)) + " |")
         w.writerow(vals)
@@ -189,6 +206,9 @@ def main() -> None:
     p.add_argument("--sizes", default="64,128")
     p.add_argument("--step-list", default="8,16,32,64,128")
     p.add_argument("--iters", type=int, default=1, help="solver iterations per point")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="fresh subprocesses per point; the median increment is reported")
+    p.add_argument("--methods", default="msflow,dflow", help="methods to measure")
     p.add_argument("--shooting", type=int, default=4, help="MS-Flow K (fixed)")
     p.add_argument("--eta", type=float, default=1.0, help="MS-Flow Jacobian-free step scale "
                    "(a large value forces the exact-gradient fallback: worst-case memory)")
@@ -209,7 +229,7 @@ def main() -> None:
     rows = []
     for size in sizes:
         for n in steps:
-            for method in ("msflow", "dflow"):
+            for method in args.methods.split(","):
                 r = run_point(args, method, size, n)
                 rows.append(r)
                 print(f"{method:7s} {size:4d}² {n:4d} steps: peak {r['peak_bytes'] / 2**20:8.0f}"
@@ -219,12 +239,14 @@ def main() -> None:
     print(f"\nmachine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, device {args.device}, preset {args.preset}"
           f"{' channels ' + args.channels if args.channels else ''}, K={args.shooting}, "
-          f"iters={args.iters}\n")
+          f"iters={args.iters}, median of {args.repeats} subprocess(es) per point\n")
     print(md)
     print()
     print(csv_text)
     for size in sizes:
         ms = [r["increment_bytes"] for r in rows if r["size"] == size and r["method"] == "msflow"]
+        if not ms:
+            continue
         df = {r["steps"]: r["increment_bytes"] for r in rows
               if r["size"] == size and r["method"] == "dflow"}
         msd = {r["steps"]: r["increment_bytes"] for r in rows

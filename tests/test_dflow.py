@@ -10,7 +10,7 @@ from ctflow.errors import MethodError
 from ctflow.operators import Inpainting
 from ctflow.priors import GaussianPrior
 from ctflow.solvers.dflow import dflow, rollout
-from ctflow.solvers.latent_reg import invert_euler
+from ctflow.solvers.latent_reg import invert_euler, tuned_defaults
 
 N = 8
 
@@ -45,7 +45,8 @@ def test_nfe_counts_forwards_and_backwards() -> None:
     assert evals >= 5
     assert out.nfe == prior.nfe == steps + evals * 2 * steps  # inversion + (N fwd + N VJP)/eval
     prior.reset_nfe()
-    capped = dflow(y, op, prior=prior, noise_std=0.05, steps=steps, iters=50, nfe=100)
+    capped = dflow(y, op, prior=prior, noise_std=0.05, steps=steps, iters=50, nfe=100,
+                   init="inverse")
     assert capped.nfe <= 100 and capped.info["evaluations"] == (100 - steps) // (2 * steps)
 
 
@@ -76,3 +77,19 @@ def test_bad_options_raise() -> None:
         dflow(y, op, prior=prior, steps=0)
     with pytest.raises(MethodError):
         dflow(y, op, prior=prior, init="zeros")
+
+
+def test_family_defaults_are_used_and_explicit_options_win() -> None:
+    prior, op, y, _ = _problem()
+    for family, expect in ((None, "inpainting"), ("sr", "sr")):
+        out = dflow(y, op, prior=prior, noise_std=0.05, task_family=family, iters=1)
+        table = tuned_defaults("dflow", expect)
+        used = out.info["options"]
+        assert used["task_family"] == expect and used["iters"] == 1
+        assert (used["steps"], used["lam"], used["init"]) == (table["steps"], table["lam"],
+                                                              table["init"])
+        assert out.info["euler_steps"] == table["steps"]
+    out = dflow(y, op, prior=prior, noise_std=0.05, steps=3, iters=1, init="noise")
+    assert (out.info["options"]["steps"], out.info["options"]["init"]) == (3, "noise")
+    with pytest.raises(MethodError):
+        dflow(y, op, prior=prior, task_family="mri")

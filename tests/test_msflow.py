@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -10,7 +12,14 @@ from ctflow.errors import MethodError
 from ctflow.operators import GaussianBlur, Identity, Inpainting, LinearOperator, SuperResolution
 from ctflow.priors import GaussianPrior
 from ctflow.solvers.dflow import rollout
-from ctflow.solvers.latent_reg import euler_flow, euler_vjp, radial_reg, radial_reg_grad
+from ctflow.solvers.latent_reg import (
+    DEFAULTS_FILE,
+    euler_flow,
+    euler_vjp,
+    radial_reg,
+    radial_reg_grad,
+    tuned_defaults,
+)
 from ctflow.solvers.msflow import msflow, prox_data
 
 N = 8
@@ -54,7 +63,8 @@ def test_objective_decreases_monotonically(basis: bool, eta: float) -> None:
     x1 = prior.sample_data(2, seed=1).float()
     op = Inpainting(_mask()) if not basis else Dense(40)
     y = op(x1)
-    out = msflow(y, op, prior=prior, noise_std=0.01, iters=25, init="noise", eta=eta)
+    out = msflow(y, op, prior=prior, noise_std=0.01, iters=25, init="noise", eta=eta,
+                 shooting=4, segment_steps=2, mu=300.0, lam=1.0)
     h = out.info["history"]
     assert len(h["objective"]) == 26
     assert _monotone(h["objective"])
@@ -78,7 +88,7 @@ def test_large_mu_matches_plain_euler_rollout() -> None:
     for name, opts in (("small", {"mu": 10.0}),
                        ("large", {"mu": 100.0, "mu_growth": 1.1, "mu_max": 1e6})):
         out = msflow(y, op, prior=prior, noise_std=0.01, iters=150, init="noise",
-                     shooting=4, segment_steps=2, **opts)
+                     shooting=4, segment_steps=2, lam=1.0, eta=1.0, **opts)
         plain = prior.to_physical(rollout(prior, out.info["z0"], 8))
         rel[name] = float((plain - out.image).norm() / out.image.norm())
         defect[name] = max(out.info["defects_rms"])
@@ -163,7 +173,8 @@ def test_reconstruct_api_is_seeded_and_beats_pseudo_inverse() -> None:
     op = Inpainting(_mask())
     y = op(x1)
     runs = [ctflow.reconstruct(y, op, method="msflow", prior=prior, seed=s, iters=20,
-                               init="noise") for s in (0, 0, 1)]
+                               init="noise", shooting=4, segment_steps=2, mu=10.0, lam=1.0,
+                               eta=1.0) for s in (0, 0, 1)]
     assert torch.equal(runs[0].image, runs[1].image)
     assert not torch.equal(runs[0].image, runs[2].image)
     assert runs[0].nfe > 0 and runs[0].nfe == runs[0].info["history"]["nfe"][-1]
@@ -182,3 +193,79 @@ def test_bad_options_raise() -> None:
         msflow(y, op, prior=prior, init="zeros")
     with pytest.raises(MethodError):
         ctflow.reconstruct(y, op, method="msflow", prior=prior, steps=3)
+
+
+def test_family_defaults_are_used_and_explicit_options_win() -> None:
+    prior = _prior()
+    op = Inpainting(_mask())
+    y = op(prior.sample_data(1, seed=2).float())
+    capped = {"iters": 1}  # keep the test fast; every other option from the table
+    for family, expect in ((None, "inpainting"), ("ct", "ct"), ("blur", "blur")):
+        out = msflow(y, op, prior=prior, task_family=family, **capped)
+        table = {**tuned_defaults("msflow", expect), **capped}
+        used = out.info["options"]
+        assert used["task_family"] == expect
+        assert used["mu"] == table["mu_noiseless"]  # noiseless call
+        for key in ("shooting", "segment_steps", "iters", "lam", "init", "eta", "mu_growth"):
+            assert used[key] == table[key], key
+        assert out.info["euler_steps"] == table["shooting"] * table["segment_steps"]
+    noisy = msflow(y, op, prior=prior, noise_std=0.01, iters=1, shooting=3, mu=7.0)
+    assert noisy.info["options"]["shooting"] == 3 and noisy.info["options"]["mu"] == 7.0
+    assert msflow(y, op, prior=prior, noise_std=0.01, iters=1).info["options"]["mu"] == \
+        tuned_defaults("msflow", "inpainting")["mu_noisy"]
+    with pytest.raises(MethodError):
+        msflow(y, op, prior=prior, task_family="mri")
+
+
+@pytest.mark.parametrize("method", ["msflow", "dflow"])
+def test_defaults_table_records_its_tuning(method: str) -> None:
+    """Every family was tuned on the validation split, and each stored option is the winner
+    (best mean PSNR up to the 0.1 dB tie) of the last tuning run that searched it."""
+    table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))["methods"][method]
+    assert set(table["families"]) == {"ct", "inpainting", "sr", "blur"}
+    for family, entry in table["families"].items():
+        assert entry["tuning"], family
+        for run in entry["tuning"]:
+            assert run["split"] == "val" and run["images"] and run["results"]
+            assert run["command"].startswith("python3 scripts/bench_msflow.py")
+            n_grid = 1
+            for values in run["grid"].values():
+                n_grid *= len(values)
+            assert len(run["results"]) == n_grid
+            best = max(r["psnr"] for r in run["results"])
+            mu_key = "mu_noisy" if "mu_noisy" in run["chosen"] else "mu_noiseless"
+            chosen = [r for r in run["results"]
+                      if {mu_key if k == "mu" else k: v for k, v in r["options"].items()}
+                      == run["chosen"]]
+            assert len(chosen) == 1 and chosen[0]["psnr"] >= best - 0.1 - 1e-9, family
+        searched: dict[str, object] = {}
+        for run in entry["tuning"]:
+            searched.update(run["chosen"])
+        assert {k: entry["options"][k] for k in searched} == searched
+
+
+def test_cli_passes_the_ct_family(tmp_path, monkeypatch) -> None:
+    """``ctflow reconstruct`` gives methods with a task_family option the CT defaults, unless
+    --opt sets it."""
+    from ctflow.api import Reconstruction
+    from ctflow.cli import main
+
+    sino = tmp_path / "sino.h5"
+    assert main(["simulate", "--size", "16", "--views", "8", "-o", str(sino)]) == 0
+    seen: list[dict] = []
+
+    def fake(y, op, method, prior, nfe, noise_std, seed, **options):
+        seen.append({"method": method, **options})
+        return Reconstruction(torch.zeros(1, 1, 16, 16), 0, 0.0, method)
+
+    monkeypatch.setattr(ctflow, "reconstruct", fake)
+    monkeypatch.setattr(ctflow, "load_prior", lambda name: None)
+    for i, extra in enumerate(([], ["--opt", "task_family=blur"])):
+        for method in ("msflow", "dflow", "fbp"):
+            out = tmp_path / f"{method}{i}.npy"
+            assert main(["reconstruct", str(sino), "--method", method, "-o", str(out)]
+                        + extra) == 0
+    expect = {("msflow", 0): "ct", ("dflow", 0): "ct", ("fbp", 0): None,
+              ("msflow", 1): "blur", ("dflow", 1): "blur", ("fbp", 1): "blur"}
+    got = {(s["method"], i // 3): s.get("task_family") for i, s in enumerate(seen)}
+    assert got == expect

@@ -148,7 +148,10 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 def reconstruct_slices(data, args: argparse.Namespace,
                        options: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Reconstruct each slice (progress bar over slices); returns HU (slices, H, W)."""
+    """Reconstruct each slice (progress bar over slices); returns HU (slices, H, W).  Methods
+    with a ``task_family`` option get "ct" unless --opt sets it."""
+    import inspect
+
     import torch
     from tqdm import tqdm
 
@@ -157,7 +160,9 @@ def reconstruct_slices(data, args: argparse.Namespace,
     from ..solvers import get_solver
     from ..units import MU_WATER_PER_MM, mu_to_hu
 
-    _, spec = get_solver(args.method)
+    solve, spec = get_solver(args.method)
+    if "task_family" not in options and "task_family" in inspect.signature(solve).parameters:
+        options = {**options, "task_family": "ct"}  # sinograms: the CT-tuned defaults
     try:
         op = make_ct_operator(data.geometry, backend=args.backend)
     except (ValueError, RuntimeError) as exc:

@@ -25,7 +25,8 @@ from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem, seeded_noise
-from .latent_reg import data_sigma, invert_euler, radial_reg
+from .latent_reg import data_sigma, invert_euler, radial_reg, resolve_options
+from .latent_reg import task_family as family_of
 
 
 def rollout(prior: Prior, z: torch.Tensor, steps: int) -> torch.Tensor:
@@ -44,10 +45,11 @@ def dflow(
     noise_std: float | None = None,
     seed: int = 0,
     progress: bool = False,
-    steps: int = 8,
-    iters: int = 10,
-    lam: float = 1.0,
-    init: str = "inverse",
+    task_family: str | None = None,
+    steps: int | None = None,
+    iters: int | None = None,
+    lam: float | None = None,
+    init: str | None = None,
     lr: float = 1.0,
     history_size: int = 10,
     nfe: int | None = None,
@@ -55,10 +57,18 @@ def dflow(
     """D-Flow reconstruction: L-BFGS on z through the ``steps``-step Euler ODE.
 
     ``iters`` L-BFGS iterations (at most 1.25·iters evaluations of L and ∇L), ``lam`` the
-    radial-regulariser weight, ``nfe`` an optional cap on network evaluations.  The returned
-    image is the rollout of the evaluated z with the lowest loss; ``info["history"]`` holds
-    L and its two parts per evaluation.
+    radial-regulariser weight, ``nfe`` an optional cap on network evaluations.  Options left
+    at None take the defaults of ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None:
+    from the operator's class) tuned on the validation split (``msflow_defaults.json``).
+    The returned image is the rollout of the evaluated z with the lowest loss;
+    ``info["history"]`` holds L and its two parts per evaluation.
     """
+    family = family_of(op, task_family)
+    o = resolve_options("dflow", family, steps=steps, iters=iters, lam=lam, init=init)
+    steps, iters, lam, init = o["steps"], o["iters"], o["lam"], o["init"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in (steps, iters, lam, lr)):
+        raise MethodError("dflow options steps, iters, lam and lr must be numbers")
     if int(steps) < 1 or int(iters) < 1 or not lam >= 0 or not lr > 0:
         raise MethodError("dflow needs steps >= 1, iters >= 1, lam >= 0 and lr > 0")
     if init not in ("inverse", "noise"):
@@ -104,7 +114,8 @@ def dflow(
     opt.step(closure)
     bar.close()
     info: dict[str, Any] = {"history": history, "sigma": sigma, "evaluations":
-                            len(history["objective"]), "euler_steps": steps}
+                            len(history["objective"]), "euler_steps": steps,
+                            "options": {**o, "task_family": family}}
     if z.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(z.device)
     return SolverOutput(image=prob.to_physical(best["x"]), nfe=prior.nfe, info=info)

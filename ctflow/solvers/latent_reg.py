@@ -10,14 +10,30 @@
 * explicit Euler maps of the flow ODE dx/dt = v(x, t) between two times, batched with a
   per-item start and end time, without a graph (``euler_flow``) and their exact
   vector–Jacobian product through the stored states (``euler_vjp``);
-* the data-term weight σ used when the measurements are noiseless.
+* the data-term weight σ used when the measurements are noiseless;
+* the per-task-family defaults of both solvers, read from ``msflow_defaults.json`` next to
+  this module (``tuned_defaults``): for each method a ``generic`` option set overlaid by the
+  options tuned for the family on the validation split (``scripts/bench_msflow.py --tune``,
+  which also stores the commands, images and grid scores there).
 """
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
 import torch
 
+from ..errors import MethodError
+from ..operators import LinearOperator
 from ..priors.base import Prior
+
+DEFAULTS_FILE = Path(__file__).with_name("msflow_defaults.json")
+FAMILIES = ("ct", "inpainting", "sr", "blur")
+_FAMILY_OF_CLASS = {"ParallelBeam2D": "ct", "FanBeam2D": "ct", "Inpainting": "inpainting",
+                    "SuperResolution": "sr", "GaussianBlur": "blur"}
 
 # Model-space data std used for noiseless data, relative to the RMS of the measurements:
 # σ = NOISELESS_REL_STD · RMS(y).  The data term then acts as a (strong) penalty.
@@ -106,3 +122,38 @@ def invert_euler(prior: Prior, x1: torch.Tensor, grid: list[float], steps: int
                 u = u - h * prior.velocity(u, t)
             out.append(u)
     return out[::-1]
+
+
+@lru_cache(maxsize=1)
+def _defaults_table() -> dict[str, Any]:
+    with DEFAULTS_FILE.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def task_family(op: LinearOperator, given: str | None) -> str | None:
+    """The task family: ``given`` if set (checked), else from the operator's class (or a base
+    class) name, else None (generic defaults)."""
+    if given is not None:
+        if given not in FAMILIES:
+            raise MethodError(f"unknown task_family {given!r}; choose one of "
+                              f"{', '.join(FAMILIES)} or None")
+        return given
+    for cls in type(op).__mro__:
+        if cls.__name__ in _FAMILY_OF_CLASS:
+            return _FAMILY_OF_CLASS[cls.__name__]
+    return None
+
+
+def tuned_defaults(method: str, family: str | None) -> dict[str, Any]:
+    """Default options of ``method`` ("msflow" or "dflow"): generic, overlaid by the family's."""
+    entry = _defaults_table()["methods"][method]
+    out = dict(entry["generic"])
+    if family is not None:
+        out.update(entry.get("families", {}).get(family, {}).get("options", {}))
+    return out
+
+
+def resolve_options(method: str, family: str | None, **given: Any) -> dict[str, Any]:
+    """Each given (non-None) option wins over the family default, then the generic one."""
+    defaults = tuned_defaults(method, family)
+    return {k: (defaults[k] if v is None else v) for k, v in given.items()}
