@@ -30,7 +30,8 @@ import torch
 import ctflow
 from ctflow.metrics import psnr
 from ctflow.priors.base import Prior
-from ctflow.solvers.defaults import DEFAULTS_FILE, FAMILIES, METHODS
+from ctflow.solvers.common import FAMILIES
+from ctflow.solvers.defaults import DEFAULTS_FILE, METHODS
 from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 

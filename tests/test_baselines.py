@@ -22,6 +22,7 @@ from ctflow.operators import GaussianBlur, Inpainting, LinearOperator, SuperReso
 from ctflow.priors import GaussianPrior
 from ctflow.solvers import defaults as bd
 from ctflow.solvers import get_solver
+from ctflow.solvers.common import FAMILIES
 from ctflow.solvers.dps import _velocity_and_residual_grad
 
 METHODS = ("pnpflow", "flowdps", "dps", "flower")
@@ -276,7 +277,7 @@ def test_defaults_file_is_complete_and_accepted():
         entry = table["methods"][method]
         assert "nfe" in entry["generic"]
         for family, opts in [("generic", entry["generic"]), *entry["families"].items()]:
-            assert family == "generic" or family in bd.FAMILIES
+            assert family == "generic" or family in FAMILIES
             assert set(opts) <= set(params)
             assert "task_family" not in opts
 
@@ -286,7 +287,7 @@ def test_task_family_selects_defaults_and_explicit_options_win():
     op = Inpainting(toy_mask())
     y = op(prior.sample_data(1, seed=1).float())
     for method in METHODS:
-        for family in (None, *bd.FAMILIES):
+        for family in (None, *FAMILIES):
             expected = bd.method_defaults(method, family)
             res = ctflow.reconstruct(y, op, method=method, prior=prior, nfe=4,
                                      task_family=family)

@@ -157,7 +157,8 @@ def test_noisy_variant_converges_to_pigdm_noisy_ode():
 
 def test_default_parameters_are_stable(toy):
     """Every family's default (w, λ, τ) stays bounded and close to its ODE at 5–20 NFE."""
-    from ctflow.solvers.guidance import FAMILIES, resolve_options
+    from ctflow.solvers.common import FAMILIES
+    from ctflow.solvers.guidance import resolve_options
 
     refs = {}
     for family in (None, *FAMILIES):

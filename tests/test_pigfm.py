@@ -157,7 +157,7 @@ GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
 def test_tuned_defaults_are_the_validation_argmax():
     """Every guided sampler has its own records for every family at 5 NFE, each the best
     score of its recorded validation grid (same grid size for every method)."""
-    from ctflow.solvers.guidance import FAMILIES
+    from ctflow.solvers.common import FAMILIES
 
     table = _tuning_table()
     runs = table["tuning"]

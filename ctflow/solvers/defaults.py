@@ -27,9 +27,9 @@ import torch
 
 from ..errors import MethodError
 from ..operators import LinearOperator
+from .common import check_family
 
 DEFAULTS_FILE = Path(__file__).with_name("baseline_defaults.json")
-FAMILIES = ("ct", "inpainting", "sr", "blur")
 METHODS = ("pnpflow", "flowdps", "dps", "flower")
 SIGMA_FLOOR_REL = 1e-3
 POWER_ITERS = 30
@@ -45,10 +45,7 @@ def method_defaults(method: str, task_family: str | None = None) -> dict[str, An
     """The default options of ``method``: generic ones overlaid with the family's tuned ones."""
     if method not in METHODS:
         raise MethodError(f"no baseline defaults for method {method!r}")
-    if task_family is not None and task_family not in FAMILIES:
-        raise MethodError(
-            f"unknown task_family {task_family!r}; choose one of {', '.join(FAMILIES)} or None"
-        )
+    check_family(task_family)
     entry = _table()["methods"][method]
     out = dict(entry["generic"])
     if task_family is not None:

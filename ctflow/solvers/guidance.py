@@ -34,17 +34,9 @@ import torch
 from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import ModelProblem, seeded_noise
+from .common import ModelProblem, check_family, operator_family, seeded_noise
 
 DEFAULTS_FILE = Path(__file__).with_name("conjugate_defaults.json")
-FAMILIES = ("ct", "inpainting", "sr", "blur")
-_FAMILY_OF_CLASS = {
-    "ParallelBeam2D": "ct",
-    "FanBeam2D": "ct",
-    "Inpainting": "inpainting",
-    "SuperResolution": "sr",
-    "GaussianBlur": "blur",
-}
 
 
 # -- network calls -----------------------------------------------------------------------
@@ -119,14 +111,6 @@ def check_unit_interval(name: str, value: float, low_open: bool = False) -> floa
 
 
 # -- defaults ----------------------------------------------------------------------------
-def operator_family(op: LinearOperator) -> str | None:
-    """Task family of an operator from its class (or a base class) name; None if unknown."""
-    for cls in type(op).__mro__:
-        if cls.__name__ in _FAMILY_OF_CLASS:
-            return _FAMILY_OF_CLASS[cls.__name__]
-    return None
-
-
 @lru_cache(maxsize=1)
 def _table() -> dict[str, Any]:
     with DEFAULTS_FILE.open(encoding="utf-8") as fh:
@@ -158,9 +142,7 @@ def resolve_options(method: str, op: LinearOperator, task_family: str | None,
     """Options of a call, by priority: the given (non-None) ones; the family's record tuned
     on the validation split for this jacobian setting and budget (:func:`tuned_record`);
     the family's fixed values; the method's generic values."""
-    if task_family is not None and task_family not in FAMILIES:
-        raise MethodError(f"unknown task_family {task_family!r}; choose one of "
-                          f"{', '.join(FAMILIES)} or None")
+    check_family(task_family)
     family = task_family or operator_family(op)
     entry = _table()["methods"][method]
     out = dict(entry["generic"])

@@ -26,14 +26,11 @@ from typing import Any
 
 import torch
 
-from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
+from .common import check_family, operator_family
 
 DEFAULTS_FILE = Path(__file__).with_name("msflow_defaults.json")
-FAMILIES = ("ct", "inpainting", "sr", "blur")
-_FAMILY_OF_CLASS = {"ParallelBeam2D": "ct", "FanBeam2D": "ct", "Inpainting": "inpainting",
-                    "SuperResolution": "sr", "GaussianBlur": "blur"}
 
 # Model-space data std used for noiseless data, relative to the RMS of the measurements:
 # σ = NOISELESS_REL_STD · RMS(y).  The data term then acts as a (strong) penalty.
@@ -133,15 +130,7 @@ def _defaults_table() -> dict[str, Any]:
 def task_family(op: LinearOperator, given: str | None) -> str | None:
     """The task family: ``given`` if set (checked), else from the operator's class (or a base
     class) name, else None (generic defaults)."""
-    if given is not None:
-        if given not in FAMILIES:
-            raise MethodError(f"unknown task_family {given!r}; choose one of "
-                              f"{', '.join(FAMILIES)} or None")
-        return given
-    for cls in type(op).__mro__:
-        if cls.__name__ in _FAMILY_OF_CLASS:
-            return _FAMILY_OF_CLASS[cls.__name__]
-    return None
+    return check_family(given) or operator_family(op)
 
 
 def tuned_defaults(method: str, family: str | None) -> dict[str, Any]:
