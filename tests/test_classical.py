@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from _shapes import ellipse_phantom, psnr
+from _shapes import ellipse_phantom, private_cache_one_thread, psnr  # noqa: F401 (autouse fixture)
 
 import ctflow
 from ctflow.errors import MethodError
@@ -15,20 +13,6 @@ from ctflow.simulate import noise_std, simulate
 from ctflow.solvers.classical import _grad, _grad_adjoint, default_tv_lam, tv_seminorm
 
 N = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _private_cache_one_thread(tmp_path_factory):
-    old = os.environ.get("CTFLOW_CACHE_DIR")
-    os.environ["CTFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("ctcache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small sparse products: threads only contend on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("CTFLOW_CACHE_DIR", None)
-    else:
-        os.environ["CTFLOW_CACHE_DIR"] = old
 
 
 def _nonincreasing(values: list[float], rel: float) -> bool:

@@ -3,12 +3,10 @@ batching, skimage agreement, SVD/CG projectors, disk cache, and typed errors."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from _shapes import ellipse_phantom
+from _shapes import ellipse_phantom, private_cache_one_thread  # noqa: F401 (autouse fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.transform import radon
@@ -28,20 +26,6 @@ from ctflow.operators.krylov import cg
 
 N = 24
 LIMITED = np.sort(np.random.default_rng(0).uniform(0.2, 0.2 + np.pi / 2, 13))  # 90°, irregular
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _private_cache_one_thread(tmp_path_factory):
-    old = os.environ.get("CTFLOW_CACHE_DIR")
-    os.environ["CTFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("ctcache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small sparse products: threads only contend on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("CTFLOW_CACHE_DIR", None)
-    else:
-        os.environ["CTFLOW_CACHE_DIR"] = old
 
 
 def _make(kind: str, backend: str = "matrix", **kw):

@@ -3,12 +3,10 @@ filters, view weights, batching and errors."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from _shapes import MU_WATER, disk_phantom, ellipse_phantom, psnr
+from _shapes import MU_WATER, disk_phantom, ellipse_phantom, private_cache_one_thread, psnr  # noqa: F401 (autouse fixture)
 
 from ctflow.operators import (
     FILTERS,
@@ -19,20 +17,6 @@ from ctflow.operators import (
     fbp,
 )
 from ctflow.operators.fbp import angle_weights
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _private_cache_one_thread(tmp_path_factory):
-    old = os.environ.get("CTFLOW_CACHE_DIR")
-    os.environ["CTFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("ctcache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small sparse products: threads only contend on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("CTFLOW_CACHE_DIR", None)
-    else:
-        os.environ["CTFLOW_CACHE_DIR"] = old
 
 
 def _op(kind, n, views, pixel=1.0):
