@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from . import __version__
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    _show_progress_messages()
     try:
         return int(args.func(args) or 0)
     except (CtflowError, ValueError, OSError) as exc:
@@ -51,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ctflow {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+
+
+def _show_progress_messages() -> None:
+    """Informational messages of ctflow's libraries (e.g. a one-off projector build) go to
+    stderr as ``ctflow: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ctflow: %(message)s"))
+    logger = logging.getLogger("ctflow")  # the operators' loggers are ctflow.operators.*
+    if not logger.handlers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

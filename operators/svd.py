@@ -15,12 +15,17 @@ minutes at 128²; larger images use the Krylov (CG) route instead.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 import torch
 
 from .cache import cache_path, load_arrays, save_arrays
+
+log = logging.getLogger(__name__)
 
 
 class TruncatedSVD:
@@ -62,8 +67,13 @@ class TruncatedSVD:
         data = load_arrays(path)
         if data is not None and {"vectors", "sigma"} <= set(data):
             return cls(data["vectors"], data["sigma"], threshold)
-        svd = cls.compute(matrix_fn(), threshold)
+        matrix = matrix_fn()
+        log.info("building the exact projector of this geometry (truncated SVD of a %d×%d "
+                 "system matrix, once; cached for later runs)", *matrix.shape)
+        start = time.perf_counter()
+        svd = cls.compute(matrix, threshold)
         save_arrays(path, vectors=svd.vectors, sigma=svd.singular_values)
+        log.info("projector built in %.0f s (rank %d)", time.perf_counter() - start, svd.rank)
         return svd
 
     def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
