@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import pytest
 import torch
 
 MU_WATER = 0.0192  # 1/mm, as ctflow.units
@@ -56,18 +53,3 @@ def psnr(image: torch.Tensor, gt: torch.Tensor) -> float:
     mse = float(((image.double() - gt.double()) ** 2).mean())
     return 10 * np.log10(rng**2 / mse)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def private_cache_one_thread(tmp_path_factory):
-    """Module-wide: a private ctflow cache folder and one torch thread (small sparse products
-    only contend on 2 shared cores).  Import it into a test module to use it."""
-    old = os.environ.get("CTFLOW_CACHE_DIR")
-    os.environ["CTFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("ctcache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("CTFLOW_CACHE_DIR", None)
-    else:
-        os.environ["CTFLOW_CACHE_DIR"] = old

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _shapes import ellipse_phantom, private_cache_one_thread, psnr  # noqa: F401 (autouse fixture)
+from _shapes import ellipse_phantom, psnr
 
 import ctflow
 from ctflow.errors import MethodError
 from ctflow.operators import FanBeam2D, Inpainting, ParallelBeam2D, SuperResolution
 from ctflow.simulate import noise_std, simulate
 from ctflow.solvers.classical import _grad, _grad_adjoint, default_tv_lam, tv_seminorm
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 N = 64
 

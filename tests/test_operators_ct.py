@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _shapes import ellipse_phantom, private_cache_one_thread  # noqa: F401 (autouse fixture)
+from _shapes import ellipse_phantom
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.transform import radon
@@ -23,6 +23,8 @@ from ctflow.operators import (
 from ctflow.operators import svd as svd_module
 from ctflow.operators.cache import cache_dir
 from ctflow.operators.krylov import cg
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 N = 24
 LIMITED = np.sort(np.random.default_rng(0).uniform(0.2, 0.2 + np.pi / 2, 13))  # 90°, irregular

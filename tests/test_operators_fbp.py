@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _shapes import MU_WATER, disk_phantom, ellipse_phantom, private_cache_one_thread, psnr  # noqa: F401 (autouse fixture)
+from _shapes import MU_WATER, disk_phantom, ellipse_phantom, psnr
 
 from ctflow.operators import (
     FILTERS,
@@ -17,6 +17,8 @@ from ctflow.operators import (
     fbp,
 )
 from ctflow.operators.fbp import angle_weights
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _op(kind, n, views, pixel=1.0):

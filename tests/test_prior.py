@@ -19,13 +19,7 @@ from ctflow.units import MU_WATER_PER_MM, hu_to_mu
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run faster on one thread than on an oversubscribed shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_prior(seed: int = 0, dtype: torch.dtype = torch.float32) -> FlowPrior:

@@ -29,13 +29,7 @@ from ctflow.priors.train import (
     train,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, **kw) -> dict:

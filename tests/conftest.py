@@ -1,0 +1,29 @@
+"""Fixtures shared by several test modules; a module opts in with
+``pytestmark = pytest.mark.usefixtures("one_thread")`` (or ``"private_cache"``)."""
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: tiny tensors and small sparse products only add
+    synchronisation waits when a second intra-op thread shares 2 busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory, one_thread):
+    """A private ctflow cache folder (CTFLOW_CACHE_DIR) for the module, on one thread."""
+    old = os.environ.get("CTFLOW_CACHE_DIR")
+    os.environ["CTFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("ctcache"))
+    yield
+    if old is None:
+        os.environ.pop("CTFLOW_CACHE_DIR", None)
+    else:
+        os.environ["CTFLOW_CACHE_DIR"] = old
