@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class Task:
         size = gt_hu.shape[-1]
         if gt_hu.shape != (size, size):
             raise InputError(f"task {self.name}: expected a square image, got {gt_hu.shape}")
-        op = self.build(size)
+        op = task_operator(self.name, size)
         x = torch.from_numpy(hu_to_mu(gt_hu.astype(np.float32)))[None, None]
         y = simulate(x, op, photons=self.photons, noise=self.noise, seed=seed)
         with torch.no_grad():
@@ -122,6 +123,13 @@ CT_TASKS = ("ct15", "ct30", "ct60", "ct15-1e5", "ct30-1e5", "ct60-1e5", "fan60",
 IMAGE_TASKS = ("inpaint-box", "inpaint-random", "sr2", "sr4", "blur")
 SOLVER_BENCH_TASKS = ("ct30", "ct60", "ct30-1e5", "ct60-1e5", "inpaint-box",
                       "inpaint-random", "sr4", "blur")
+
+
+@lru_cache(maxsize=16)
+def task_operator(name: str, size: int) -> LinearOperator:
+    """The operator of a task at a size, built once and shared by all its problems (a CT
+    operator keeps its system matrix and projector factors, so they are loaded once)."""
+    return get_task(name).build(size)
 
 
 def get_task(name: str) -> Task:
