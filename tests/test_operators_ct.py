@@ -178,6 +178,26 @@ def test_svd_projector_is_exact_and_cached(kind, monkeypatch):
     assert torch.allclose(again.projector(x), px)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_svd_solve_normal_is_exact_at_small_rho(kind):
+    """The closed form keeps the tail below the projector's threshold, so it solves
+    (AᵀA + ρI)x = b to rounding even where ρ is far below the discarded σ² (the 'limited'
+    geometry has fewer rays than pixels: a true null space as well)."""
+    op = _make(kind, projection="svd")
+    svd = op.svd()
+    assert svd.tail_values.size > 0 and svd.tail_values.max() <= svd.threshold * svd.singular_values[0]
+    gen = torch.Generator().manual_seed(3)
+    top2 = svd.singular_values[0] ** 2
+    row = op.T(torch.randn(2, 1, *op.out_shape, generator=gen, dtype=torch.float64))
+    anywhere = torch.randn(2, 1, N, N, generator=gen, dtype=torch.float64)
+    # a right-hand side in A's row space (as in every solver's use) at ρ ≪ discarded σ²;
+    # any right-hand side at a moderate ρ (float32 factors bound the accuracy by ~1e-7/ρ)
+    for b, rho, tol in ((row, 1e-6 * top2, 1e-5), (anywhere, 1e-2 * top2, 1e-4)):
+        x = op.solve_normal(b, rho)
+        res = op.T(op(x)) + rho * x - b
+        assert float(res.norm() / b.norm()) < tol, rho
+
+
 def test_svd_cache_key_depends_on_threshold_and_corrupt_file_is_rebuilt():
     a = _make("parallel", projection="svd", svd_threshold=1e-2)
     b = _make("parallel", projection="svd", svd_threshold=1e-1)
