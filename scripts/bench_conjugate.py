@@ -17,11 +17,13 @@ headed by the exact command, to a file.
 
 Tune mode (``--tune``) grid-searches each guided sampler on the *validation* split only
 (``heldout_images(size, n, split="val")``), one task per family (ct60, inpaint-box, sr4,
-blur), at each budget of ``--tune-nfe`` (conjugate samplers) / ``--tune-base-nfe`` (Euler
-baselines).  Every method gets a grid of the same size: (w, τ) for conjugate, conjugate+vjp,
-conjugate-diffusion and pigfm, (γ, t0) for otode.  All grid scores and the best setting per
-(method, jacobian, family, NFE) go to ``--tune-out``; ``--write-defaults A.json B.json …``
-merges such files into ctflow/solvers/conjugate_defaults.json.
+blur; ``ct-noisy`` = ct60-1e5, whose records serve CT calls with noisy data and whose grid
+adds the noise weight κ = rho_scale), at each budget of ``--tune-nfe`` (conjugate
+samplers) / ``--tune-base-nfe`` (Euler baselines).  Every method gets a grid of the same
+size: (w, τ) for conjugate, conjugate+vjp, conjugate-diffusion and pigfm, (γ, t0) for
+otode.  All grid scores and the best setting per (method, jacobian, family, noisy, NFE) go
+to ``--tune-out``; ``--write-defaults A.json B.json …`` merges such files into
+ctflow/solvers/conjugate_defaults.json.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 
 GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
-FAMILY_TASK = {"ct": "ct60", "inpainting": "inpaint-box", "sr": "sr4", "blur": "blur"}
+# tuning family → validation task; "ct-noisy" tunes the records CT calls with noisy data use
+FAMILY_TASK = {"ct": "ct60", "ct-noisy": "ct60-1e5", "inpainting": "inpaint-box", "sr": "sr4",
+               "blur": "blur"}
 # tuned variants: (label, method, jacobian, names of the two grid options)
 TUNE_VARIANTS = {
     "conjugate": ("conjugate", False, ("w", "tau")),
@@ -223,14 +227,17 @@ def tune(args, prior) -> dict[str, Any]:
     (variant, family, NFE).  A diverged setting scores −inf."""
     images = heldout_images(args.size, args.images, split="val")
     grids = {"w": args.tune_w, "tau": args.tune_tau, "gamma": args.tune_gamma,
-             "t0": args.tune_t0}
+             "t0": args.tune_t0, "rho_scale": args.tune_rho_scale}
     grid_log: list[dict[str, Any]] = []
     chosen: list[dict[str, Any]] = []
     for family in args.tune_families:
         task = get_task(FAMILY_TASK[family])
         problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
+        noisy = task.photons is not None or task.noise is not None
         for label in args.tune_methods:
             method, jac, names = TUNE_VARIANTS[label]
+            if noisy:  # the noise weight κ of guidance.GuidanceTarget is tuned too
+                names = (*names, "rho_scale")
             budgets = args.tune_nfe if method.startswith("conjugate") else args.tune_base_nfe
             for nfe in budgets:
                 best: tuple[float, dict[str, float]] | None = None
@@ -242,16 +249,18 @@ def tune(args, prior) -> dict[str, Any]:
                             for p in problems]
                     score = (float(np.mean([v["psnr"] for v in vals]))
                              if all(v is not None for v in vals) else float("-inf"))
-                    grid_log.append({"variant": label, "family": family, "task": task.name,
-                                     "nfe": nfe, **opts, "psnr_val": round(score, 3)})
+                    grid_log.append({"variant": label, "family": task.family,
+                                     "task": task.name, "noisy": noisy, "nfe": nfe, **opts,
+                                     "psnr_val": round(score, 3)})
                     print(f"  tune {label} {family} nfe={nfe} {opts}: {score:.2f}",
                           file=sys.stderr, flush=True)
                     if best is None or score > best[0]:
                         best = (score, opts)
                 assert best is not None
-                chosen.append({"method": method, "family": family, "task": task.name,
+                chosen.append({"method": method, "family": task.family, "task": task.name,
                                "jacobian": jac, "nfe": nfe, **best[1],
-                               "psnr_val": round(best[0], 3)})
+                               "psnr_val": round(best[0], 3),
+                               **({"noisy": True} if noisy else {})})
     return {"command": command_line(), "prior": args.prior,
             "images": f"heldout_images({args.size}, {args.images}, split='val')",
             "grids": {n: grids[n] for n in grids}, "chosen": chosen, "grid": grid_log}
@@ -265,11 +274,12 @@ def write_defaults(files: list[str]) -> None:
         result = json.loads(Path(name).read_text(encoding="utf-8"))
         for rec in result["chosen"]:
             entry = table["methods"][rec["method"]]
-            tuned = [r for r in entry.get("tuned", [])
-                     if (r["family"], r["jacobian"], r["nfe"])
-                     != (rec["family"], rec["jacobian"], rec["nfe"])]
+            def key(r: dict[str, Any]) -> tuple:
+                return (r["family"], bool(r.get("noisy", False)), r["jacobian"], r["nfe"])
+
+            tuned = [r for r in entry.get("tuned", []) if key(r) != key(rec)]
             tuned.append({k: v for k, v in rec.items() if k != "method"})
-            entry["tuned"] = sorted(tuned, key=lambda r: (r["family"], r["jacobian"], r["nfe"]))
+            entry["tuned"] = sorted(tuned, key=key)
         runs_meta[:] = [m for m in runs_meta if m["command"] != result["command"]]
         runs_meta.append({k: result[k] for k in ("command", "prior", "images", "grids",
                                                   "grid")})
@@ -310,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-tau", nargs="+", type=float, default=[0.2, 0.4])
     p.add_argument("--tune-gamma", nargs="+", type=float, default=[0.3, 1.0, 3.0, 10.0])
     p.add_argument("--tune-t0", nargs="+", type=float, default=[0.2, 0.4])
+    p.add_argument("--tune-rho-scale", nargs="+", type=float, default=[3.0, 10.0, 30.0, 100.0],
+                   help="noise weights κ tried on noisy tuning tasks (family ct-noisy)")
     p.add_argument("--tune-families", nargs="+", default=list(FAMILY_TASK))
     p.add_argument("--tune-out", help="write the tuning result (JSON) here")
     p.add_argument("--from-csv", nargs="+", metavar="CSV",

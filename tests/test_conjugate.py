@@ -60,16 +60,20 @@ class Toy:
         return self.m + jac @ (x - t * self.m), jac
 
     def reference(self, start: float, weight, jacobian: bool, seed: int = 0,
-                  noise: float | None = None) -> np.ndarray:
+                  noise: float | None = None, kappa: float = 1.0) -> np.ndarray:
         sigma = self.noise if noise is None else noise
+
+        def rho(t: float) -> float:  # ρ_t = κσ²/r_t²
+            return kappa * sigma**2 / max(r2(t), 1e-300) if sigma else 0.0
+
         z = seeded_noise((1, 1, N, N), seed, self.op.pinv(self.y)).numpy().ravel()
-        x0 = start * self.ytil + (1 - start) * z
+        # start from ŷ_τ with x̂1 = 0: for a mask P(1 + ρ_τ)⁻¹Aᵀy = ỹ/(1 + ρ_τ)
+        x0 = start * self.ytil / (1 + rho(start)) + (1 - start) * z
 
         def rhs(t, x):
             v, jac = self.velocity(x, t)
             x1 = x + (1 - t) * v
-            rho = sigma**2 / max(r2(t), 1e-300) if sigma else 0.0
-            r = self.p * (self.ytil - x1) / (1 + rho)  # ŷ − P x̂1 for a mask
+            r = self.p * (self.ytil - x1) / (1 + rho(t))  # ŷ − P x̂1 for a mask
             guide = r + (1 - t) * jac.T @ r if jacobian else r
             return v + weight(t) * guide
 
@@ -132,17 +136,20 @@ def test_conjugate_diffusion_converges_first_order(toy):
     assert errs[-1] < 0.01
 
 
-def test_noisy_variant_converges_to_pigdm_noisy_ode():
-    """With σ_y > 0 the guidance is the noise-aware ΠGDM term (for a mask (ỹ − P x̂1)/(1+ρ_t))."""
+@pytest.mark.parametrize("kappa", [1.0, 4.0])
+def test_noisy_variant_converges_to_pigdm_noisy_ode(kappa):
+    """With σ_y > 0 the guidance is the noise-aware ΠGDM term (for a mask (ỹ − P x̂1)/(1+ρ_t),
+    ρ_t = κσ²/r_t²) and the start is the regularised ŷ_τ."""
     toy = Toy(noise=0.3)
     w, tau = 20.0, 0.3
-    ref = toy.reference(tau, lambda t: w * t * (1 - t), False)
+    ref = toy.reference(tau, lambda t: w * t * (1 - t), False, kappa=kappa)
     errs = []
     for k in NFES:
         out = conjugate(toy.y, toy.op, prior=toy.prior, nfe=k, w=w, lam=0.0, tau=tau,
-                        jacobian=False, noise_std=0.3)
+                        jacobian=False, noise_std=0.3, rho_scale=kappa)
         errs.append(toy.error(out.image, ref))
     assert -1.15 < slope(errs) < -0.85, errs
+    assert out.info["params"]["rho_scale"] == kappa
     # the noise-aware ODE is far from the noiseless one with the same data
     ref0 = toy.reference(tau, lambda t: w * t * (1 - t), False, noise=0.0)
     gap = float(np.linalg.norm(ref0 - ref) / np.linalg.norm(ref))

@@ -63,7 +63,9 @@ def reference(prior_parts, op, y, start, weight, jacobian, noise=0.0, seed=0):
         return v + weight(t) * guide
 
     z = seeded_noise((1, 1, N, N), seed, op.pinv(y)).numpy().ravel()
-    x0 = start * ytil + (1 - start) * z
+    # noisy start: ŷ at x̂1 = 0, i.e. ỹ·s²/(s² + ρ_start)
+    rho0 = noise**2 / max(r2(start), 1e-300)
+    x0 = start * ytil * s_sq / (s_sq + rho0) + (1 - start) * z
     sol = solve_ivp(rhs, (start, 1.0 - 1e-10), x0, method="Radau", rtol=1e-11, atol=1e-12)
     return sol.y[:, -1]
 

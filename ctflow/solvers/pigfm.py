@@ -34,10 +34,8 @@ from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .guidance import (
-    adjoint_data,
+    GuidanceTarget,
     check_unit_interval,
-    effective_target,
-    pseudo_inverse_data,
     r2,
     resolve_options,
     start_state,
@@ -59,13 +57,16 @@ def pigfm(
     w: float | None = None,
     tau: float | None = None,
     jacobian: bool | None = None,
+    rho_scale: float | None = None,
     task_family: str | None = None,
 ) -> SolverOutput:
     """ΠGFM: Euler on dx/dt = v + w t(1−t) J_x̂1ᵀ(ŷ − P x̂1) from τ (module docstring);
     (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe."""
-    opts = resolve_options("pigfm", op, task_family, nfe=nfe, w=w, tau=tau, jacobian=jacobian)
+    opts = resolve_options("pigfm", op, task_family, nfe=nfe, noisy=bool(noise_std),
+                           w=w, tau=tau, jacobian=jacobian, rho_scale=rho_scale)
     weight = float(opts["w"])
-    opts = {k: opts[k] for k in ("w", "tau", "jacobian", "task_family", "tuned_at_nfe")}
+    opts = {k: opts[k] for k in ("w", "tau", "jacobian", "rho_scale", "task_family",
+                                 "tuned_at_nfe")}
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, opts["tau"],
                   lambda t: weight * t * (1 - t), "pigfm")
 
@@ -82,11 +83,12 @@ def otode(
     t0: float | None = None,
     gamma: float | None = None,
     jacobian: bool | None = None,
+    rho_scale: float | None = None,
     task_family: str | None = None,
 ) -> SolverOutput:
     """OT-ODE: Euler on dx/dt = v + γ (1−t)/(t r_t²) J_x̂1ᵀ(ŷ − P x̂1) from t0 > 0."""
-    opts = resolve_options("otode", op, task_family, nfe=nfe, t0=t0, gamma=gamma,
-                           jacobian=jacobian)
+    opts = resolve_options("otode", op, task_family, nfe=nfe, noisy=bool(noise_std), t0=t0,
+                           gamma=gamma, jacobian=jacobian, rho_scale=rho_scale)
     gam = float(opts["gamma"])
     start = check_unit_interval("t0", opts["t0"], low_open=True)
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, start,
@@ -104,9 +106,8 @@ def _euler(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float |
     nfe0 = prior.nfe
     problem = model_problem(y, op, prior, noise_std)
     P = op.projector
-    y_tilde = pseudo_inverse_data(problem)
-    aty = adjoint_data(problem)
-    x = start_state(y_tilde, t0, seed)
+    data = GuidanceTarget(problem, float(opts["rho_scale"]))
+    x = start_state(data.start(t0), t0, seed)
     steps: list[dict[str, float]] = []
     it = range(len(grid) - 1)
     if progress:
@@ -122,7 +123,7 @@ def _euler(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float |
                 v, vjp = prior.velocity(x, t), None
             x1 = x + (1 - t) * v
             px1 = P(x1)
-            target = effective_target(problem, y_tilde, aty, px1, t)
+            target = data.at(px1, t)
             resid = target - px1
             guide = resid + (1 - t) * vjp(resid) if jac else resid
             x = x + dt * (v + weight(t) * guide)
