@@ -97,6 +97,32 @@ def test_large_mu_matches_plain_euler_rollout() -> None:
     assert rel["small"] > 10 * rel["large"]
 
 
+def test_rollout_initialisation_starts_on_a_trajectory() -> None:
+    """init="rollout": z_0 ~ N(0, I), z_k = Φ_{k−1}(z_{k−1}), so before any iteration the only
+    defect is the last one (x is the data-consistent image, not Φ_{K−1})."""
+    prior = _prior()
+    op = Inpainting(_mask())
+    y = op(prior.sample_data(1, seed=2).float())
+    out = msflow(y, op, prior=prior, noise_std=0.01, iters=0, init="rollout", shooting=4,
+                 segment_steps=2, mu=10.0, lam=1.0)
+    defects = out.info["defects_rms"]
+    assert max(defects[:-1]) < 1e-6 < defects[-1]
+    again = msflow(y, op, prior=prior, noise_std=0.01, iters=3, init="rollout", shooting=4,
+                   segment_steps=2, mu=10.0, lam=1.0, seed=5)
+    assert _monotone(again.info["history"]["objective"])
+
+
+def test_nfe_budget_is_respected() -> None:
+    prior = _prior()
+    op = Inpainting(_mask())
+    y = op(prior.sample_data(1, seed=2).float())
+    full = ctflow.reconstruct(y, op, method="msflow", prior=prior, noise_std=0.01, iters=12,
+                              init="noise", mu=10.0)
+    capped = ctflow.reconstruct(y, op, method="msflow", prior=prior, noise_std=0.01, iters=12,
+                                init="noise", mu=10.0, nfe=full.nfe // 3)
+    assert 0 < capped.nfe <= full.nfe // 3
+
+
 def _operators() -> list[LinearOperator]:
     ops: list[LinearOperator] = [Identity(16), Inpainting(_mask().repeat(2, 2)),
                                  SuperResolution(16, 4), GaussianBlur(16, 1.5)]

@@ -36,10 +36,12 @@ Noise: σ is the model-space noise std; for noiseless data (``noise_std`` None/0
 Initialisation: x_init = argmin ‖Ax−y‖²/(2σ²) + (μ/2)‖x‖², the pseudo-inverse A⁺y
 regularised at the noise level (A⁺y itself for σ → 0); ``init="inverse"`` runs the ODE
 backwards from x_init and uses its states at s_k; ``init="noise"`` takes
-z_0 ~ N(0, I) (seeded) and z_k = s_k·x_init + (1−s_k)·z_0.  Inverting A⁺y puts the
-trajectory where the pseudo-inverse's null-space content (zeros in the holes, flat
-4×4 blocks for SR) leads, and the local moves rarely leave it: on the validation split
-"noise" wins for CT, inpainting and SR, "inverse" only for blur (``msflow_defaults.json``).
+z_0 ~ N(0, I) (seeded) and z_k = s_k·x_init + (1−s_k)·z_0; ``init="rollout"`` takes the
+same z_0 and z_k = Φ_{k−1}(z_{k−1}), a prior trajectory with no defects but the last
+(K−1)·M extra evaluations once).  Inverting A⁺y puts the trajectory where the
+pseudo-inverse's null-space content (zeros in the holes, flat 4×4 blocks for SR) leads,
+and the local moves rarely leave it: on the validation split "rollout" wins for CT,
+"noise" for inpainting and SR, "inverse" only for blur (``msflow_defaults.json``).
 
 Defaults per task family (K, M, iterations, μ for noiseless / noisy data, λ, init, η) are
 read from ``msflow_defaults.json``, where the tuning commands and grid scores are kept.
@@ -212,10 +214,9 @@ def prox_data(op: LinearOperator, y: torch.Tensor, anchor: torch.Tensor, sigma: 
 
     solved for the correction δ = x − anchor:  (AᵀA + σ²μ I) δ = Aᵀ(y − A·anchor)  (same
     solution; the tolerance then measures the data correction, and CG started in A's row
-    space never touches its null space).  ``op.solve_normal`` gives the first solution
-    (closed form for masks, FFT for blur, truncated SVD or CG for CT); the better of it and
-    the warm start x0 is refined by CG on the exact equations while the relative residual
-    exceeds ``tol`` (e.g. after a truncated spectrum at small σ²μ)."""
+    space never touches its null space) by ``op.solve_normal``: closed form for masks, SR
+    and blur, the full-spectrum SVD formula for CT (exact up to rounding), CG from the warm
+    start x0 to ``tol`` otherwise.  If x0 is given and has the lower energy it is kept."""
     rho = sigma**2 * mu
 
     def energy(d: torch.Tensor) -> torch.Tensor:
@@ -223,14 +224,10 @@ def prox_data(op: LinearOperator, y: torch.Tensor, anchor: torch.Tensor, sigma: 
 
     with torch.no_grad():
         rhs = op.T(y - op(anchor))
-        d = op.solve_normal(rhs, rho, x0=None if x0 is None else x0 - anchor, tol=tol,
-                            maxiter=maxiter)
-        if x0 is not None:
-            d0 = x0 - anchor
+        d0 = None if x0 is None else x0 - anchor
+        d = op.solve_normal(rhs, rho, x0=d0, tol=tol, maxiter=maxiter)
+        if d0 is not None:
             d = torch.where(_bcast(energy(d0) < energy(d), d), d0, d)
-        res = _sq(op.T(op(d)) + rho * d - rhs).sqrt()
-        if bool((res > tol * _sq(rhs).sqrt()).any()):
-            d = LinearOperator.solve_normal(op, rhs, rho, x0=d, tol=tol, maxiter=maxiter)
     return anchor + d
 
 
@@ -253,6 +250,11 @@ def _initial_states(st: _Stitching, x_init: torch.Tensor, init: str, seed: int) 
         states = invert_euler(st.prior, x_init, st.grid, st.M)
         return torch.stack(states[: st.K])
     z0 = seeded_noise(tuple(x_init.shape), seed, x_init)
+    if init == "rollout":
+        states = [z0]
+        for k in range(st.K - 1):
+            states.append(st.flow(states[-1][None], [k])[0])
+        return torch.stack(states)
     return torch.stack([s * x_init + (1 - s) * z0 for s in st.grid[: st.K]])
 
 
@@ -283,12 +285,14 @@ def msflow(
 
     ``shooting`` = K, ``segment_steps`` = M (K·M Euler steps in all), ``iters`` outer
     iterations, ``mu``/``lam`` the matching and radial-regulariser weights, ``init``
-    "inverse" | "noise", ``eta`` the Jacobian-free step scale, ``mu_growth``/``mu_max`` an
-    optional geometric μ schedule, ``cg_tol``/``cg_iters`` the proximal solve, ``nfe`` an
-    optional cap on network evaluations (stops early).  Options left at None take the
-    defaults of ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None: from the
-    operator's class) tuned on the validation split (``msflow_defaults.json``); ``mu`` None
-    takes the family's ``mu_noiseless`` or ``mu_noisy`` by whether a noise level is given.
+    "inverse" | "noise" | "rollout", ``eta`` the Jacobian-free step scale,
+    ``mu_growth``/``mu_max`` an optional geometric μ schedule, ``cg_tol``/``cg_iters`` the
+    proximal solve where it is iterative, ``nfe`` an optional budget of network
+    evaluations: no iteration starts that would exceed it at the previous iteration's cost
+    (the set-up's evaluations count too).  Options left at None take the defaults of
+    ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None: from the operator's class)
+    tuned on the validation split (``msflow_defaults.json``); ``mu`` None takes the family's
+    ``mu_noiseless`` or ``mu_noisy`` by whether a noise level is given.
     ``info["history"]`` holds F and its three parts per iteration, ``info["options"]`` the
     options used.
     """
@@ -325,9 +329,11 @@ def msflow(
         history["nfe"].append(prior.nfe)
 
     record()
+    last_cost = 0
     for _ in tqdm(range(iters), disable=not progress, desc="msflow", leave=False):
-        if nfe is not None and prior.nfe >= nfe:
-            break
+        if nfe is not None and prior.nfe + last_cost > nfe:
+            break  # the next iteration, at the last one's cost, would exceed the budget
+        before = prior.nfe
         if mu_growth != 1.0 and len(history["objective"]) > 1:
             st.mu = min(st.mu * mu_growth, mu_cap)
         phi_last_old = phi[-1].clone()
@@ -337,6 +343,7 @@ def msflow(
                 _update_colour(st, z, phi, x, ks, eta, backtracks, stats)
         x = _prox_step(st, x, phi[-1], phi_last_old, cg_tol, cg_iters)
         record()
+        last_cost = prior.nfe - before
 
     nxt = torch.cat([z[1:], x[None]], 0)
     defects = [float((nxt[k] - phi[k]).pow(2).mean().sqrt()) for k in range(st.K)]
@@ -366,5 +373,5 @@ def _check_options(shooting: int, segment_steps: int, iters: int, mu: float, lam
                           "backtracks >= 0")
     if not (mu > 0 and lam >= 0 and eta > 0 and mu_growth >= 1.0):
         raise MethodError("msflow needs mu > 0, lam >= 0, eta > 0 and mu_growth >= 1")
-    if init not in ("inverse", "noise"):
-        raise MethodError(f"msflow init must be 'inverse' or 'noise', got {init!r}")
+    if init not in ("inverse", "noise", "rollout"):
+        raise MethodError(f"msflow init must be 'inverse', 'noise' or 'rollout', got {init!r}")
