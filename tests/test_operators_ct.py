@@ -185,7 +185,8 @@ def test_svd_solve_normal_is_exact_at_small_rho(kind):
     geometry has fewer rays than pixels: a true null space as well)."""
     op = _make(kind, projection="svd")
     svd = op.svd()
-    assert svd.tail_values.size > 0 and svd.tail_values.max() <= svd.threshold * svd.singular_values[0]
+    assert svd.tail_values.size > 0
+    assert svd.tail_values.max() <= svd.threshold * svd.singular_values[0]
     gen = torch.Generator().manual_seed(3)
     top2 = svd.singular_values[0] ** 2
     row = op.T(torch.randn(2, 1, *op.out_shape, generator=gen, dtype=torch.float64))
