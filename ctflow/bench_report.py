@@ -200,6 +200,7 @@ def _markdown(tables: dict[str, list[dict[str, Any]]], config: dict[str, Any],
         "during the solve minus the resident size before it on CPU; allocated CUDA memory on "
         "GPU). NFE: network evaluations per image.", "",
     ]
+    lines += _overview(tables)
     for task, rows in tables.items():
         desc = config.get("descriptions", {}).get(task) or \
             (TASKS[task].description if task in TASKS else "")
@@ -221,6 +222,32 @@ def _markdown(tables: dict[str, list[dict[str, Any]]], config: dict[str, Any],
                          f"{r['error']}")
         lines += ["", f"![{task}]({task}.png)", ""]
     return "\n".join(lines)
+
+
+def _overview(tables: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per size, one matrix of mean PSNR: a row per method, a column per task, the best of
+    each column in bold ("–" where the method did not run on the task)."""
+    lines: list[str] = []
+    sizes = sorted({r["size"] for rows in tables.values() for r in rows})
+    for size in sizes:
+        cells = {(r["method"], task): r for task, rows in tables.items() for r in rows
+                 if r["size"] == size and r["n"]}
+        tasks = [t for t in tables if any(k[1] == t for k in cells)]
+        methods = list(dict.fromkeys(k[0] for k in cells))
+        best = {t: max(cells[m, t]["psnr_mean"] for m in methods if (m, t) in cells)
+                for t in tasks}
+        lines += [f"## Overview, {size}²: mean PSNR (dB)", "",
+                  "| method | " + " | ".join(tasks) + " |",
+                  "|---" * (len(tasks) + 1) + "|"]
+        for m in methods:
+            row = []
+            for t in tasks:
+                r = cells.get((m, t))
+                text = _fmt(r["psnr_mean"], 2) if r else "–"
+                row.append(f"**{text}**" if r and r["psnr_mean"] == best[t] else text)
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

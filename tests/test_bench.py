@@ -109,6 +109,12 @@ def test_table_numbers_match_records(bench):
         assert f"| {SIZE} | {method} | 2 | {cell} |" in report
         assert all(r["mem_kind"] in ("rss", "maxrss-lower-bound") for r in mine)
     assert "| fbp | 0 | n/a:" in report and '{"conjugate": {"w": 20.0}}' in report
+    # the overview: one row per method, mean PSNR per task, the best of ct30 in bold
+    assert f"## Overview, {SIZE}²: mean PSNR (dB)" in report
+    means = {m: float(ct[m]["psnr_mean"]) for m in METHODS}
+    top = max(means, key=means.get)
+    assert f"| {top} | **{means[top]:.2f}** |" in report
+    assert f"| fbp | {means['fbp']:.2f} | – |" in report  # FBP has no inpainting score
     # The stored example is the scored reconstruction of image 0.
     folder = out / "examples" / f"ct30_{SIZE}"
     gt, rec = np.load(folder / "ground_truth.npy"), np.load(folder / "cgls.npy")

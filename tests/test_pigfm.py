@@ -5,6 +5,7 @@ Each is checked against its guided ODE solved to 1e-11 by scipy (independent Num
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -167,14 +168,15 @@ def test_tuned_defaults_are_the_validation_argmax():
                        for r in records), (method, family)
         for rec in records:
             variant = method + ("+vjp" if rec["jacobian"] else "")
-            rows = [g for g in grid if (g["variant"], g["family"], g["nfe"])
-                    == (variant, rec["family"], rec["nfe"])]
-            sizes.setdefault(variant, set()).add(len(rows))
-            names = [k for k in ("w", "tau", "gamma", "t0") if k in rec]
+            noisy = bool(rec.get("noisy", False))
+            rows = [g for g in grid if (g["variant"], g["family"], bool(g.get("noisy")), g["nfe"])
+                    == (variant, rec["family"], noisy, rec["nfe"])]
+            sizes.setdefault(noisy, set()).add(len(rows))
+            names = [k for k in ("w", "tau", "gamma", "t0", "rho_scale") if k in rec]
             same = [g for g in rows if all(g[k] == rec[k] for k in names)]
             assert len(same) == 1 and same[0]["psnr_val"] == rec["psnr_val"], rec
             assert rec["psnr_val"] == max(g["psnr_val"] for g in rows), rec
-    assert len({s for v in sizes.values() for s in v}) == 1, sizes  # same grid budget
+    assert all(len(v) == 1 for v in sizes.values()), sizes  # same grid budget per noise
 
 
 @pytest.mark.parametrize("method", GUIDED)
@@ -184,14 +186,18 @@ def test_defaults_resolve_per_method_family_jacobian_and_budget(method):
     _, op, *_ = make_toy()
     records = _tuning_table()["methods"][method]["tuned"]
     keys = ("w", "tau", "gamma", "t0")
+    keys = (*keys, "rho_scale")
     for family in {r["family"] for r in records}:
-        for jac in (False, True):
-            own = sorted((r for r in records if r["family"] == family
-                          and r["jacobian"] == jac), key=lambda r: r["nfe"])
+        for jac, noisy in itertools.product((False, True), (False, True)):
+            mine = [r for r in records if r["family"] == family and r["jacobian"] == jac]
+            # noisy calls use the noisy records, or the noiseless ones if there are none
+            own = [r for r in mine if bool(r.get("noisy")) == noisy] or \
+                [r for r in mine if not r.get("noisy")]
+            own.sort(key=lambda r: r["nfe"])
             if not own:
                 continue
             for nfe in (1, own[0]["nfe"], own[-1]["nfe"] + 1, 1000):
-                opts = resolve_options(method, op, family, nfe=nfe, jacobian=jac)
+                opts = resolve_options(method, op, family, nfe=nfe, noisy=noisy, jacobian=jac)
                 want = [r for r in own if r["nfe"] <= nfe]
                 want = want[-1] if want else own[0]
                 assert opts["tuned_at_nfe"] == want["nfe"] and opts["jacobian"] == jac
