@@ -356,8 +356,8 @@ def _merge_config(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     merged = dict(new)
     if not old:
         return merged
-    for key in ("tasks", "methods", "sizes", "seeds"):
-        merged[key] = list(dict.fromkeys(list(old.get(key, [])) + list(new[key])))
+    for key in ("tasks", "methods", "sizes", "seeds"):  # the latest command's order first
+        merged[key] = list(dict.fromkeys(list(new[key]) + list(old.get(key, []))))
     merged["images"] = max(int(old.get("images", 0)), int(new["images"]))
     merged["options"] = {**old.get("options", {}), **new["options"]}
     merged["descriptions"] = {**old.get("descriptions", {}), **new["descriptions"]}

@@ -7,7 +7,8 @@ does not depend on training), warms it up, records the baseline, runs the solver
 iterations and reports
 
 * CPU: the process peak RSS (``ru_maxrss``) raw and its increment over the baseline taken
-  just before the solve;
+  just before the solve (workers run with glibc malloc set to map large blocks on their
+  own, ``MALLOC_ENV``, so RSS follows the live tensors);
 * CUDA (``--device cuda``): ``torch.cuda.max_memory_allocated`` and its increment.
 
 Every point is measured in ``--repeats`` (default 3) fresh subprocesses and the median
@@ -28,6 +29,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -38,6 +40,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# glibc malloc in the workers: one arena, and every block over 128 KiB mapped and unmapped
+# on its own, so the resident high-water mark follows the live tensors instead of what
+# freed-but-kept heap happened to be around (without this the 128² MS-Flow points moved
+# by ±18 MiB between repeats).
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "131072",
+              "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 class NetPrior:
@@ -145,7 +153,8 @@ def _run_once(args: argparse.Namespace, method: str, size: int, steps: int) -> d
            "--threads", str(args.threads), "--eta", str(args.eta)]
     if args.channels:
         cmd += ["--channels", args.channels]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **MALLOC_ENV})
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
