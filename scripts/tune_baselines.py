@@ -1,7 +1,8 @@
 """Tune the defaults of the flow baselines (PnP-Flow, FlowDPS, DPS, Flower) per task family.
 
 For each task family it simulates one representative task (ct → ct60, inpainting →
-inpaint-box, sr → sr4, blur → blur) on a few *validation* phantoms (``heldout_images(...,
+inpaint-box, sr → sr4, blur → blur; ct-noisy → ct60-1e5, whose setting serves CT calls
+with a noise level) on a few *validation* phantoms (``heldout_images(...,
 split="val")``, never the test split), reconstructs them with every setting of a small grid
 at the method's NFE budget, scores the mean PSNR in HU and writes the best setting per
 family (and the best mean over families as the ``generic`` default) to
@@ -35,7 +36,10 @@ from ctflow.solvers.defaults import DEFAULTS_FILE, METHODS
 from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 
-FAMILY_TASKS = {"ct": "ct60", "inpainting": "inpaint-box", "sr": "sr4", "blur": "blur"}
+# tuning family → validation task; "ct-noisy" is the setting CT calls with noisy data use
+FAMILY_TASKS = {"ct": "ct60", "ct-noisy": "ct60-1e5", "inpainting": "inpaint-box",
+                "sr": "sr4", "blur": "blur"}
+TUNING_FAMILIES = (*FAMILIES, "ct-noisy")
 
 # NFE budgets (network forwards + VJPs per image) and the grids searched within them.
 # Every setting is complete, so the result never depends on the defaults being rewritten.
@@ -89,12 +93,15 @@ def tune(prior: Prior, size: int, count: int, methods: list[str],
 
 
 def choose(rows_by_family: dict[str, list[dict[str, Any]]]) -> tuple[dict, dict[str, dict]]:
-    """(generic, per-family) defaults: best mean PSNR over the families, best per family."""
+    """(generic, per-family) defaults: best mean PSNR over the noiseless families, best per
+    family (noisy-data families included)."""
     per_family = {f: max(rows, key=lambda r: r["psnr"])["options"]
                   for f, rows in rows_by_family.items()}
-    n = len(next(iter(rows_by_family.values())))
-    means = [np.mean([rows[i]["psnr"] for rows in rows_by_family.values()]) for i in range(n)]
-    generic = next(iter(rows_by_family.values()))[int(np.argmax(means))]["options"]
+    plain = [rows for f, rows in rows_by_family.items() if not f.endswith("-noisy")]
+    plain = plain or list(rows_by_family.values())
+    n = len(plain[0])
+    means = [np.mean([rows[i]["psnr"] for rows in plain]) for i in range(n)]
+    generic = plain[0][int(np.argmax(means))]["options"]
     return generic, per_family
 
 
@@ -103,8 +110,11 @@ def merged_table(old: dict[str, Any], results: dict, command: str, prior_name: s
     """The defaults file with the tuned methods/families replaced, everything else kept."""
     table = json.loads(json.dumps(old))
     tuning = table.setdefault("tuning", {})
+    commands = tuning.pop("commands", None) or ([tuning.pop("command")] if "command" in tuning
+                                                 else [])
     tuning.update({
-        "command": command, "prior": prior_name, "image_size": size, "split": "val",
+        "commands": [*[c for c in commands if c != command], command],
+        "prior": prior_name, "image_size": size, "split": "val",
         "images": f"heldout_images({size}, {count}, split='val'), indices 0..{count - 1}",
         "tasks": FAMILY_TASKS, "metric": "mean PSNR in HU, data_range = gt range",
         "budget_nfe": BUDGET, "grid": GRIDS,
@@ -137,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=3, help="validation images per family")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--families", nargs="+", default=list(TUNING_FAMILIES),
+                        choices=TUNING_FAMILIES,
+                        help="ct-noisy: ct60-1e5, the defaults of CT calls with noisy data")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dry-run", action="store_true", help="print the results only")
     args = parser.parse_args(argv)

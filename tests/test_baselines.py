@@ -277,7 +277,7 @@ def test_defaults_file_is_complete_and_accepted():
         entry = table["methods"][method]
         assert "nfe" in entry["generic"]
         for family, opts in [("generic", entry["generic"]), *entry["families"].items()]:
-            assert family == "generic" or family in FAMILIES
+            assert family == "generic" or family.removesuffix("-noisy") in FAMILIES
             assert set(opts) <= set(params)
             assert "task_family" not in opts
 
@@ -288,10 +288,17 @@ def test_task_family_selects_defaults_and_explicit_options_win():
     y = op(prior.sample_data(1, seed=1).float())
     for method in METHODS:
         for family in (None, *FAMILIES):
-            expected = bd.method_defaults(method, family)
+            expected = bd.method_defaults(method, family)  # None: the generic defaults
             res = ctflow.reconstruct(y, op, method=method, prior=prior, nfe=4,
                                      task_family=family)
             assert res.info["options"] == {**expected, "nfe": 4}
+        # with a noise level a family's noisy-data setting (tuned on ct60-1e5) overlays it
+        noisy = bd.method_defaults(method, "ct", noisy=True)
+        assert noisy == {**bd.method_defaults(method, "ct"),
+                         **bd._table()["methods"][method]["families"]["ct-noisy"]}
+        res = ctflow.reconstruct(y, op, method=method, prior=prior, nfe=4, task_family="ct",
+                                 noise_std=0.05)
+        assert res.info["options"] == {**noisy, "nfe": 4}
     res = ctflow.reconstruct(y, op, method="flower", prior=prior, nu_scale=0.7, nfe=3)
     assert res.info["options"]["nu_scale"] == 0.7
     with pytest.raises(MethodError, match="task_family"):

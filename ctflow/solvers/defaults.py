@@ -41,21 +41,28 @@ def _table() -> dict[str, Any]:
         return json.load(fh)
 
 
-def method_defaults(method: str, task_family: str | None = None) -> dict[str, Any]:
-    """The default options of ``method``: generic ones overlaid with the family's tuned ones."""
+def method_defaults(method: str, task_family: str | None = None,
+                    noisy: bool = False) -> dict[str, Any]:
+    """The default options of ``method``: generic ones overlaid with the family's tuned ones,
+    and for noisy data with the family's noisy-data ones (key ``"<family>-noisy"``) if any."""
     if method not in METHODS:
         raise MethodError(f"no baseline defaults for method {method!r}")
     check_family(task_family)
     entry = _table()["methods"][method]
     out = dict(entry["generic"])
     if task_family is not None:
-        out.update(entry.get("families", {}).get(task_family, {}))
+        families = entry.get("families", {})
+        out.update(families.get(task_family, {}))
+        if noisy:
+            out.update(families.get(f"{task_family}-noisy", {}))
     return out
 
 
-def resolve(method: str, task_family: str | None, **given: Any) -> dict[str, Any]:
-    """Options of a call: each given (non-None) value, else the default for the family."""
-    defaults = method_defaults(method, task_family)
+def resolve(method: str, task_family: str | None, noisy: bool = False,
+            **given: Any) -> dict[str, Any]:
+    """Options of a call: each given (non-None) value, else the default for the family
+    (and noise: ``noisy`` when the call has a noise level)."""
+    defaults = method_defaults(method, task_family, noisy)
     missing = [k for k, v in given.items() if v is None and k not in defaults]
     if missing:
         raise MethodError(f"{method}: no default for option(s) {', '.join(missing)}")

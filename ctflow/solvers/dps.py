@@ -43,7 +43,8 @@ def dps(
     Options (None → per-family default): ``nfe`` budget (2 per step), ``zeta`` guidance
     strength, ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("dps", task_family, nfe=nfe, zeta=zeta)
+    o = resolve("dps", task_family, bool(noise_std),
+                nfe=nfe, zeta=zeta)
     steps = check_steps("dps", o["nfe"], per_step=2)
     check_positive("dps", zeta=o["zeta"])
     mp = model_problem(y, op, prior, noise_std)

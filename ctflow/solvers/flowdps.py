@@ -59,7 +59,8 @@ def flowdps(
     the clean estimate per flow step, ``eta`` their step relative to 1/‖A‖² (stable below
     2), ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("flowdps", task_family, nfe=nfe, dc_steps=dc_steps, eta=eta)
+    o = resolve("flowdps", task_family, bool(noise_std),
+                nfe=nfe, dc_steps=dc_steps, eta=eta)
     steps = check_steps("flowdps", o["nfe"])
     check_positive("flowdps", eta=o["eta"])
     check_int("flowdps", "dc_steps", o["dc_steps"], 0)

@@ -58,7 +58,8 @@ def flower(
     prior width ν, ``cg_iters`` CG iterations of the proximal step, ``task_family``
     ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("flower", task_family, nfe=nfe, nu_scale=nu_scale, cg_iters=cg_iters)
+    o = resolve("flower", task_family, bool(noise_std),
+                nfe=nfe, nu_scale=nu_scale, cg_iters=cg_iters)
     steps = check_steps("flower", o["nfe"])
     check_positive("flower", nu_scale=o["nu_scale"])
     check_int("flower", "cg_iters", o["cg_iters"], 1)

@@ -58,7 +58,8 @@ def pnpflow(
     ``samples`` m noise draws averaged per step, ``gamma`` relative step (stable below 2),
     ``alpha`` step decay exponent, ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("pnpflow", task_family, nfe=nfe, samples=samples, gamma=gamma, alpha=alpha)
+    o = resolve("pnpflow", task_family, bool(noise_std),
+                nfe=nfe, samples=samples, gamma=gamma, alpha=alpha)
     steps = check_steps("pnpflow", o["nfe"])
     m = check_int("pnpflow", "samples", o["samples"], 1)
     check_positive("pnpflow", gamma=o["gamma"])
