@@ -1,10 +1,20 @@
 """Fixtures shared by several test modules; a module opts in with
-``pytestmark = pytest.mark.usefixtures("one_thread")`` (or ``"private_cache"``)."""
+``pytestmark = pytest.mark.usefixtures("one_thread")`` (or ``"private_cache"``).
+
+Hypothesis runs derandomized: the same examples on every run and machine, so a red test
+is reproducible and CI does not fail at random.  Explore new examples with
+``CTFLOW_HYPOTHESIS=explore python3 -m pytest`` and pin what they find with ``@example``."""
 
 import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("ctflow", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("explore" if os.environ.get("CTFLOW_HYPOTHESIS") == "explore"
+                      else "ctflow")
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,9 @@ def _read_dicom(path: Path) -> Dataset | None:
         return None
     try:
         ds = pydicom.dcmread(path)
+        # convert every value now: pydicom parses lazily, and a corrupt value (e.g. an unknown
+        # VR, which raises NotImplementedError) would otherwise fail later, anywhere
+        _ = [element.value for element in ds.iterall()]
         sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID", "")))
         if sop_class == MEDIA_STORAGE_DIRECTORY:
             return None
