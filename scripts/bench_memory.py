@@ -267,7 +267,8 @@ def main() -> None:
     if args.csv:
         Path(args.csv).write_text(csv_text)
     plot(rows, Path(args.out))
-    print(f"plot: {args.out}")
+    out = Path(args.out).resolve()
+    print(f"plot: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out.name}")
 
 
 if __name__ == "__main__":
