@@ -56,6 +56,11 @@ class Task:
     photons: float | None = None
     noise: float | None = None
 
+    @property
+    def noisy(self) -> bool:
+        """Whether the task's measurements carry noise (Poisson photons or Gaussian)."""
+        return self.photons is not None or self.noise is not None
+
     def problem(self, gt_hu: np.ndarray, seed: int = 0) -> Problem:
         """Simulate this task's measurements of one HU image (noise seeded by ``seed``)."""
         size = gt_hu.shape[-1]

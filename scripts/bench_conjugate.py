@@ -233,7 +233,7 @@ def tune(args, prior) -> dict[str, Any]:
     for family in args.tune_families:
         task = get_task(FAMILY_TASK[family])
         problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
-        noisy = task.photons is not None or task.noise is not None
+        noisy = task.noisy
         for label in args.tune_methods:
             method, jac, names = TUNE_VARIANTS[label]
             if noisy:  # the noise weight κ of guidance.GuidanceTarget is tuned too
