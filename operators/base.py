@@ -137,6 +137,10 @@ class LinearOperator:
         """P x = A⁺ A x, the orthogonal projection on the row space of A."""
         return self.pinv(self.forward(x))
 
+    def projected_solve_normal(self, rhs: torch.Tensor, rho: float) -> torch.Tensor:
+        """P (AᵀA + ρI)⁻¹ rhs: the row-space part of the regularised normal solve."""
+        return self.projector(self.solve_normal(rhs, rho))
+
     def norm(self, iters: int = 50, seed: int = 0, device: str | torch.device = "cpu") -> float:
         """‖A‖₂ = sqrt(λ_max(AᵀA)) by power iteration from a seeded random start."""
         gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -138,6 +138,14 @@ class CTOperator(LinearOperator):
         with torch.no_grad():
             return self.svd().solve_normal(rhs, float(rho))
 
+    def projected_solve_normal(self, rhs: torch.Tensor, rho: float) -> torch.Tensor:
+        """P (AᵀA + ρI)⁻¹ rhs; SVD route, ρ > 0: one pass over the kept factors (svd.py)."""
+        if self.projection_method == "cg" or not rho > 0:
+            return super().projected_solve_normal(rhs, rho)
+        self._check_in(rhs)
+        with torch.no_grad():
+            return self.svd().projected_solve_normal(rhs, float(rho))
+
     def __repr__(self) -> str:
         g = self.geometry
         return (f"{type(self).__name__}(image_size={g.image_size}, views={g.num_views}, "

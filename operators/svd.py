@@ -131,6 +131,11 @@ class TruncatedSVD:
         """(AᵀA)⁺ x = V_k Σ_k⁻² V_kᵀ x."""
         return self._diag(x, lambda s: 1.0 / (s * s))
 
+    def projected_solve_normal(self, b: torch.Tensor, rho: float) -> torch.Tensor:
+        """P (AᵀA + ρI)⁻¹ b = V_k (Σ_k² + ρ)⁻¹ V_kᵀ b (ρ > 0): P removes the tail and null-space
+        parts of the solve, so one pass over the kept factors suffices."""
+        return self._diag(b, lambda s: 1.0 / (s * s + rho))
+
     def solve_normal(self, b: torch.Tensor, rho: float) -> torch.Tensor:
         """(AᵀA + ρI)⁻¹ b over kept and tail spectrum (ρ = 0: the truncated minimum-norm
         solution V_k Σ_k⁻² V_kᵀ b)."""

@@ -197,6 +197,9 @@ def test_svd_solve_normal_is_exact_at_small_rho(kind):
         x = op.solve_normal(b, rho)
         res = op.T(op(x)) + rho * x - b
         assert float(res.norm() / b.norm()) < tol, rho
+        # the one-pass P(AᵀA + ρI)⁻¹b is P applied to that solve
+        px = op.projector(x)
+        assert float((op.projected_solve_normal(b, rho) - px).norm() / px.norm()) < 1e-5
 
 
 def test_svd_cache_key_depends_on_threshold_and_corrupt_file_is_rebuilt():

@@ -90,8 +90,7 @@ class GuidanceTarget:
             return self.y_tilde
         rho = self.rho(t)
         with torch.no_grad():
-            return self.problem.op.projector(self.problem.op.solve_normal(self.aty + rho * p_x1,
-                                                                          rho))
+            return self.problem.op.projected_solve_normal(self.aty + rho * p_x1, rho)
 
     def start(self, t0: float) -> torch.Tensor:
         """The data estimate a run starts from: ỹ, or when noisy ŷ_{t0} with x̂1 = 0, i.e. the
