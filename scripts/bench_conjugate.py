@@ -18,7 +18,9 @@ headed by the exact command, to a file.
 Tune mode (``--tune``) grid-searches each guided sampler on the *validation* split only
 (``heldout_images(size, n, split="val")``), one task per family (ct60, inpaint-box, sr4,
 blur; ``ct-noisy`` = ct60-1e5, whose records serve CT calls with noisy data and whose grid
-adds the noise weight κ = rho_scale), at each budget of ``--tune-nfe`` (conjugate
+adds the noise weight κ = rho_scale), at the image size ``--size`` (records tuned at a
+size other than 64 carry it, and calls use the records of the size nearest to theirs), at
+each budget of ``--tune-nfe`` (conjugate
 samplers) / ``--tune-base-nfe`` (Euler baselines).  Every method gets a grid of the same
 size: (w, τ) for conjugate, conjugate+vjp, conjugate-diffusion and pigfm, (γ, t0) for
 otode.  All grid scores and the best setting per (method, jacobian, family, noisy, NFE) go
@@ -48,7 +50,7 @@ import ctflow
 import ctflow.priors
 from ctflow.errors import CtflowError
 from ctflow.metrics import evaluate
-from ctflow.solvers.guidance import DEFAULTS_FILE
+from ctflow.solvers.guidance import DEFAULTS_FILE, TUNED_SIZE, record_size
 from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 
@@ -250,7 +252,8 @@ def tune(args, prior) -> dict[str, Any]:
                     score = (float(np.mean([v["psnr"] for v in vals]))
                              if all(v is not None for v in vals) else float("-inf"))
                     grid_log.append({"variant": label, "family": task.family,
-                                     "task": task.name, "noisy": noisy, "nfe": nfe, **opts,
+                                     "task": task.name, "size": args.size, "noisy": noisy,
+                                     "nfe": nfe, **opts,
                                      "psnr_val": round(score, 3)})
                     print(f"  tune {label} {family} nfe={nfe} {opts}: {score:.2f}",
                           file=sys.stderr, flush=True)
@@ -258,6 +261,7 @@ def tune(args, prior) -> dict[str, Any]:
                         best = (score, opts)
                 assert best is not None
                 chosen.append({"method": method, "family": task.family, "task": task.name,
+                               **({"size": args.size} if args.size != TUNED_SIZE else {}),
                                "jacobian": jac, "nfe": nfe, **best[1],
                                "psnr_val": round(best[0], 3),
                                **({"noisy": True} if noisy else {})})
@@ -275,7 +279,8 @@ def write_defaults(files: list[str]) -> None:
         for rec in result["chosen"]:
             entry = table["methods"][rec["method"]]
             def key(r: dict[str, Any]) -> tuple:
-                return (r["family"], bool(r.get("noisy", False)), r["jacobian"], r["nfe"])
+                return (r["family"], record_size(r), bool(r.get("noisy", False)),
+                        r["jacobian"], r["nfe"])
 
             tuned = [r for r in entry.get("tuned", []) if key(r) != key(rec)]
             tuned.append({k: v for k, v in rec.items() if k != "method"})

@@ -295,3 +295,19 @@ def test_cli_passes_the_ct_family(tmp_path, monkeypatch) -> None:
               ("msflow", 1): "blur", ("dflow", 1): "blur", ("fbp", 1): "blur"}
     got = {(s["method"], i // 3): s.get("task_family") for i, s in enumerate(seen)}
     assert got == expect
+
+
+def test_bench_budget_fits_a_third_of_dflow_time() -> None:
+    """bench_msflow's msflow-budget cap: a third of D-Flow's seconds at MS-Flow's measured
+    seconds per NFE, with the 10 % margin."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_msflow.py"
+    spec = importlib.util.spec_from_file_location("bench_msflow", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # MS-Flow: 100 NFE in 4 s (0.04 s/NFE); D-Flow: 6 s → a third is 2 s → 50 NFE → 45
+    assert module.budget_nfe({"seconds": 4.0, "nfe": 100.0}, {"seconds": 6.0, "nfe": 200.0}) == 45
+    cap = module.budget_nfe({"seconds": 3.0, "nfe": 76.0}, {"seconds": 6.28, "nfe": 204.0})
+    assert cap * 3.0 / 76.0 <= 6.28 / 3

@@ -19,7 +19,7 @@ from ctflow.operators import SuperResolution
 from ctflow.priors.gaussian import GaussianPrior
 from ctflow.solvers.common import seeded_noise
 from ctflow.solvers.conjugate import conjugate
-from ctflow.solvers.guidance import r2
+from ctflow.solvers.guidance import r2, record_size
 from ctflow.solvers.pigfm import otode, pigfm
 
 N = 4
@@ -169,8 +169,9 @@ def test_tuned_defaults_are_the_validation_argmax():
         for rec in records:
             variant = method + ("+vjp" if rec["jacobian"] else "")
             noisy = bool(rec.get("noisy", False))
-            rows = [g for g in grid if (g["variant"], g["family"], bool(g.get("noisy")), g["nfe"])
-                    == (variant, rec["family"], noisy, rec["nfe"])]
+            rows = [g for g in grid if (g["variant"], g["family"], record_size(g),
+                                        bool(g.get("noisy")), g["nfe"])
+                    == (variant, rec["family"], record_size(rec), noisy, rec["nfe"])]
             sizes.setdefault(noisy, set()).add(len(rows))
             names = [k for k in ("w", "tau", "gamma", "t0", "rho_scale") if k in rec]
             same = [g for g in rows if all(g[k] == rec[k] for k in names)]
@@ -180,29 +181,51 @@ def test_tuned_defaults_are_the_validation_argmax():
 
 
 @pytest.mark.parametrize("method", GUIDED)
-def test_defaults_resolve_per_method_family_jacobian_and_budget(method):
+def test_defaults_resolve_per_method_family_jacobian_size_and_budget(method):
     from ctflow.solvers.guidance import resolve_options
 
-    _, op, *_ = make_toy()
+    toy_op = make_toy()[1]
     records = _tuning_table()["methods"][method]["tuned"]
     keys = ("w", "tau", "gamma", "t0")
     keys = (*keys, "rho_scale")
-    for family in {r["family"] for r in records}:
+    sizes = sorted({record_size(r) for r in records})
+    ops = [toy_op, *(SuperResolution(image_size=n, factor=2) for n in sizes)]
+    for op, family in itertools.product(ops, {r["family"] for r in records}):
+        size = op.in_shape[-1]
         for jac, noisy in itertools.product((False, True), (False, True)):
             mine = [r for r in records if r["family"] == family and r["jacobian"] == jac]
             # noisy calls use the noisy records, or the noiseless ones if there are none
             own = [r for r in mine if bool(r.get("noisy")) == noisy] or \
                 [r for r in mine if not r.get("noisy")]
-            own.sort(key=lambda r: r["nfe"])
             if not own:
                 continue
+            # then the records of the tuned image size nearest to the operator's
+            nearest = min({record_size(r) for r in own}, key=lambda n: (abs(n - size), n))
+            own = sorted((r for r in own if record_size(r) == nearest), key=lambda r: r["nfe"])
             for nfe in (1, own[0]["nfe"], own[-1]["nfe"] + 1, 1000):
                 opts = resolve_options(method, op, family, nfe=nfe, noisy=noisy, jacobian=jac)
                 want = [r for r in own if r["nfe"] <= nfe]
                 want = want[-1] if want else own[0]
                 assert opts["tuned_at_nfe"] == want["nfe"] and opts["jacobian"] == jac
+                assert opts["tuned_at_size"] == nearest
                 assert all(opts[k] == want[k] for k in keys if k in want)
     # given options win over the tuned ones
     family = records[0]["family"]
     name = "t0" if method == "otode" else "tau"
     assert resolve_options(method, op, family, nfe=5, **{name: 0.123})[name] == 0.123
+
+
+def test_tuned_record_prefers_the_nearest_tuned_size(monkeypatch):
+    """Records without a size are 64² ones; a call takes the records of the nearest size
+    (the smaller on a tie), after the noise filter."""
+    from ctflow.solvers import guidance
+
+    recs = [{"family": "ct", "jacobian": False, "nfe": 5, "w": 1.0},
+            {"family": "ct", "jacobian": False, "nfe": 5, "w": 2.0, "size": 128},
+            {"family": "ct", "jacobian": False, "nfe": 5, "w": 3.0, "noisy": True}]
+    monkeypatch.setattr(guidance, "_table", lambda: {"methods": {"pigfm": {"tuned": recs}}})
+    pick = guidance.tuned_record
+    assert [pick("pigfm", "ct", False, 5, size=n)["w"] for n in (32, 64, 95, 96, 97, 256)] \
+        == [1.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    assert pick("pigfm", "ct", False, 5)["w"] in (1.0, 2.0)  # any size
+    assert pick("pigfm", "ct", False, 5, noisy=True, size=128)["w"] == 3.0  # noise first

@@ -232,7 +232,8 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
     info = {
         "grid": [float(t) for t in coef.grid],
         "params": {k: opts[k] for k in ("w", "lam", "tau", "jacobian", "rho_scale",
-                                         "task_family", "tuned_at_nfe")},
+                                         "task_family", "tuned_at_nfe",
+                                         "tuned_at_size")},
         "steps": steps,
         "noise_std_model": problem.noise_std,
     }

@@ -135,17 +135,25 @@ def _table() -> dict[str, Any]:
         return json.load(fh)
 
 
-TUNED_META = ("family", "jacobian", "nfe", "noisy", "psnr_val", "task")
+TUNED_META = ("family", "jacobian", "nfe", "noisy", "psnr_val", "task", "size")
+TUNED_SIZE = 64  # image size of the records that do not state one
+
+
+def record_size(record: dict[str, Any]) -> int:
+    """The image size a tuned record was tuned at."""
+    return int(record.get("size", TUNED_SIZE))
 
 
 def tuned_record(method: str, family: str | None, jacobian: bool, nfe: int | None,
-                 noisy: bool = False) -> dict[str, Any] | None:
-    """The validation-tuned setting of (method, family, jacobian, noisy data) for a budget.
+                 noisy: bool = False, size: int | None = None) -> dict[str, Any] | None:
+    """The validation-tuned setting of (method, family, jacobian, noisy data, image size)
+    for a budget.
 
     Records tuned on noisy data (``"noisy": true``) serve noisy calls; a noisy call falls
-    back to the noiseless records when its family has none.  Among the records tuned at
-    budgets ≤ ``nfe`` the one with the largest budget, else the smallest budget tuned; None
-    if the family has no record for this jacobian setting.
+    back to the noiseless records when its family has none.  Of those, the records tuned at
+    the image size nearest to ``size`` (the smaller on a tie; None: any size).  Among them
+    the one tuned at the largest budget ≤ ``nfe``, else the smallest budget tuned; None if
+    the family has no record for this jacobian setting.
     """
     records = [r for r in _table()["methods"][method].get("tuned", [])
                if r["family"] == family and bool(r["jacobian"]) == bool(jacobian)]
@@ -153,6 +161,9 @@ def tuned_record(method: str, family: str | None, jacobian: bool, nfe: int | Non
     records = matching or [r for r in records if not r.get("noisy", False)]
     if not records:
         return None
+    if size is not None:
+        nearest = min({record_size(r) for r in records}, key=lambda n: (abs(n - size), n))
+        records = [r for r in records if record_size(r) == nearest]
     below = [r for r in records if nfe is not None and r["nfe"] <= nfe]
     if below:
         return max(below, key=lambda r: r["nfe"])
@@ -162,8 +173,9 @@ def tuned_record(method: str, family: str | None, jacobian: bool, nfe: int | Non
 def resolve_options(method: str, op: LinearOperator, task_family: str | None,
                     nfe: int | None = None, noisy: bool = False, **given: Any) -> dict[str, Any]:
     """Options of a call, by priority: the given (non-None) ones; the family's record tuned
-    on the validation split for this jacobian setting, noise and budget
-    (:func:`tuned_record`); the family's fixed values; the method's generic values."""
+    on the validation split for this jacobian setting, noise, budget and the operator's
+    image size (:func:`tuned_record`); the family's fixed values; the method's generic
+    values."""
     check_family(task_family)
     family = task_family or operator_family(op)
     entry = _table()["methods"][method]
@@ -172,10 +184,12 @@ def resolve_options(method: str, op: LinearOperator, task_family: str | None,
         out.update(entry.get("families", {}).get(family, {}))
     if given.get("jacobian") is not None:
         out["jacobian"] = bool(given["jacobian"])
-    record = tuned_record(method, family, bool(out.get("jacobian", False)), nfe, noisy)
+    record = tuned_record(method, family, bool(out.get("jacobian", False)), nfe, noisy,
+                          size=int(op.in_shape[-1]))
     if record is not None:
         out.update({k: v for k, v in record.items() if k not in TUNED_META})
     out.update({k: v for k, v in given.items() if v is not None})
     out["task_family"] = family
     out["tuned_at_nfe"] = None if record is None else record["nfe"]
+    out["tuned_at_size"] = None if record is None else record_size(record)
     return out

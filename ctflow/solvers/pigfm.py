@@ -66,7 +66,7 @@ def pigfm(
                            w=w, tau=tau, jacobian=jacobian, rho_scale=rho_scale)
     weight = float(opts["w"])
     opts = {k: opts[k] for k in ("w", "tau", "jacobian", "rho_scale", "task_family",
-                                 "tuned_at_nfe")}
+                                 "tuned_at_nfe", "tuned_at_size")}
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, opts["tau"],
                   lambda t: weight * t * (1 - t), "pigfm")
 
