@@ -26,8 +26,10 @@ runs every combination of the grid on ``--tasks`` × ``--images`` validation pha
 the best mean PSNR (configurations within 0.1 dB of the best are tied: the fewest NFE,
 then the earliest in grid order, wins) and stores the chosen options,
 the command, the images and every grid score under that family in
-``ctflow/solvers/msflow_defaults.json``.  For MS-Flow a grid key ``mu`` is stored as
-``mu_noisy`` or ``mu_noiseless`` by the noise of the tuning tasks (they must agree).
+``ctflow/solvers/msflow_defaults.json`` (tuned at a ``--size`` other than 64: under the
+family's ``sizes`` entry, whose options overlay the 64² ones for images nearest that
+size).  For MS-Flow a grid key ``mu`` is stored as ``mu_noisy`` or ``mu_noiseless`` by the
+noise of the tuning tasks (they must agree).
 
     python3 scripts/bench_msflow.py --tune sr --tune-method msflow --split val --images 2 \
         --tasks sr4 --grid '{"init": ["inverse", "noise"], "iters": [10, 20]}'
@@ -62,7 +64,7 @@ from ctflow.errors import CtflowError
 from ctflow.metrics import evaluate
 from ctflow.priors import GaussianPrior
 from ctflow.solvers import get_solver
-from ctflow.solvers.latent_reg import DEFAULTS_FILE
+from ctflow.solvers.latent_reg import DEFAULTS_FILE, TUNED_SIZE
 from ctflow.tasks import SOLVER_BENCH_TASKS, get_task, heldout_images
 from ctflow.units import mu_to_hu
 
@@ -297,6 +299,9 @@ def _store(args: argparse.Namespace, grid: dict[str, list[Any]], fixed: dict[str
     table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
     entry = table["methods"][args.tune_method]["families"].setdefault(
         args.tune, {"options": {}, "tuning": []})
+    if args.size != TUNED_SIZE:  # options tuned at another image size overlay the 64² ones
+        entry = entry.setdefault("sizes", {}).setdefault(str(args.size),
+                                                          {"options": {}, "tuning": []})
     entry["options"].update(chosen)
     entry["tuning"].append({
         "command": "python3 scripts/bench_msflow.py " + shlex.join(sys.argv[1:]),

@@ -249,8 +249,14 @@ def test_defaults_table_records_its_tuning(method: str) -> None:
     (best mean PSNR up to the 0.1 dB tie) of the last tuning run that searched it."""
     table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))["methods"][method]
     assert set(table["families"]) == {"ct", "inpainting", "sr", "blur"}
-    for family, entry in table["families"].items():
+    entries = [(family, entry) for family, entry in table["families"].items()]
+    entries += [(f"{family}@{size}", sized) for family, entry in table["families"].items()
+                for size, sized in entry.get("sizes", {}).items()]
+    for family, entry in entries:
         assert entry["tuning"], family
+        if "@" in family:  # tuned at another image size: every run says so
+            assert all(f"--size {family.split('@')[1]}" in run["command"]
+                       for run in entry["tuning"]), family
         for run in entry["tuning"]:
             assert run["split"] == "val" and run["images"] and run["results"]
             assert run["command"].startswith("python3 scripts/bench_msflow.py")
@@ -311,3 +317,21 @@ def test_bench_budget_fits_a_third_of_dflow_time() -> None:
     assert module.budget_nfe({"seconds": 4.0, "nfe": 100.0}, {"seconds": 6.0, "nfe": 200.0}) == 45
     cap = module.budget_nfe({"seconds": 3.0, "nfe": 76.0}, {"seconds": 6.28, "nfe": 204.0})
     assert cap * 3.0 / 76.0 <= 6.28 / 3
+
+
+def test_defaults_per_image_size(monkeypatch) -> None:
+    """Options tuned at another image size overlay the 64² ones for images nearest it."""
+    from ctflow.solvers import latent_reg
+
+    table = {"methods": {"msflow": {"generic": {"iters": 10, "init": "noise"}, "families": {
+        "inpainting": {"options": {"iters": 20}, "tuning": [],
+                       "sizes": {"128": {"options": {"init": "rollout"}, "tuning": []}}}}}}}
+    monkeypatch.setattr(latent_reg, "_defaults_table", lambda: table)
+    got = {n: latent_reg.tuned_defaults("msflow", "inpainting", n) for n in (32, 64, 96, 97, 256)}
+    assert [g["init"] for g in got.values()] == ["noise", "noise", "noise", "rollout", "rollout"]
+    assert all(g["iters"] == 20 for g in got.values())
+    assert latent_reg.tuned_size("msflow", "inpainting", 200) == 128
+    assert latent_reg.tuned_size("msflow", "sr", 200) == 64  # no sizes entry
+    assert latent_reg.tuned_defaults("msflow", "inpainting")["init"] == "noise"
+    assert latent_reg.resolve_options("msflow", "inpainting", 128, init=None, iters=5) == \
+        {"init": "rollout", "iters": 5}

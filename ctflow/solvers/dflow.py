@@ -64,7 +64,8 @@ def dflow(
     ``info["history"]`` holds L and its two parts per evaluation.
     """
     family = family_of(op, task_family)
-    o = resolve_options("dflow", family, steps=steps, iters=iters, lam=lam, init=init)
+    o = resolve_options("dflow", family, int(op.in_shape[-1]), steps=steps, iters=iters,
+                        lam=lam, init=init)
     steps, iters, lam, init = o["steps"], o["iters"], o["lam"], o["init"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                for v in (steps, iters, lam, lr)):

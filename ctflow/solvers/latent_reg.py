@@ -133,16 +133,36 @@ def task_family(op: LinearOperator, given: str | None) -> str | None:
     return check_family(given) or operator_family(op)
 
 
-def tuned_defaults(method: str, family: str | None) -> dict[str, Any]:
-    """Default options of ``method`` ("msflow" or "dflow"): generic, overlaid by the family's."""
+TUNED_SIZE = 64  # the image size the family options were tuned at
+
+
+def tuned_size(method: str, family: str | None, size: int | None) -> int:
+    """The tuned image size whose options serve an image of ``size``: the nearest of 64 and
+    the family's ``sizes`` entries (the smaller on a tie; None: 64)."""
+    entry = _defaults_table()["methods"][method].get("families", {}).get(family or "", {})
+    sizes = {TUNED_SIZE, *(int(n) for n in entry.get("sizes", {}))}
+    if size is None:
+        return TUNED_SIZE
+    return min(sizes, key=lambda n: (abs(n - size), n))
+
+
+def tuned_defaults(method: str, family: str | None, size: int | None = None) -> dict[str, Any]:
+    """Default options of ``method`` ("msflow" or "dflow"): generic, overlaid by the family's
+    (tuned at 64²), overlaid by the family's options tuned at the size nearest to ``size``."""
     entry = _defaults_table()["methods"][method]
     out = dict(entry["generic"])
     if family is not None:
-        out.update(entry.get("families", {}).get(family, {}).get("options", {}))
+        fam = entry.get("families", {}).get(family, {})
+        out.update(fam.get("options", {}))
+        nearest = tuned_size(method, family, size)
+        if nearest != TUNED_SIZE:
+            out.update(fam["sizes"][str(nearest)]["options"])
     return out
 
 
-def resolve_options(method: str, family: str | None, **given: Any) -> dict[str, Any]:
-    """Each given (non-None) option wins over the family default, then the generic one."""
-    defaults = tuned_defaults(method, family)
+def resolve_options(method: str, family: str | None, size: int | None = None,
+                    **given: Any) -> dict[str, Any]:
+    """Each given (non-None) option wins over the family default for the image size, then
+    the generic one."""
+    defaults = tuned_defaults(method, family, size)
     return {k: (defaults[k] if v is None else v) for k, v in given.items()}

@@ -71,6 +71,7 @@ from .latent_reg import (
     radial_reg_grad,
     resolve_options,
     tuned_defaults,
+    tuned_size,
 )
 from .latent_reg import task_family as family_of
 
@@ -295,18 +296,21 @@ def msflow(
     evaluations: no iteration starts that would exceed it at the previous iteration's cost
     (the set-up's evaluations count too).  Options left at None take the defaults of
     ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None: from the operator's class)
-    tuned on the validation split (``msflow_defaults.json``); ``mu`` None takes the family's
+    tuned on the validation split at the image size nearest to the operator's
+    (``msflow_defaults.json``); ``mu`` None takes the family's
     ``mu_noiseless`` or ``mu_noisy`` by whether a noise level is given.
     ``info["history"]`` holds F and its three parts per iteration, ``info["options"]`` the
     options used.
     """
     family = family_of(op, task_family)
     prob = model_problem(y, op, prior, noise_std)
-    defaults = tuned_defaults("msflow", family)
+    size = int(op.in_shape[-1])
+    defaults = tuned_defaults("msflow", family, size)
     if mu is None:
         mu = defaults["mu_noisy"] if prob.noise_std > 0 else defaults["mu_noiseless"]
-    o = resolve_options("msflow", family, shooting=shooting, segment_steps=segment_steps,
-                        iters=iters, lam=lam, init=init, eta=eta, mu_growth=mu_growth)
+    o = resolve_options("msflow", family, size, shooting=shooting,
+                        segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
+                        mu_growth=mu_growth)
     shooting, segment_steps, iters = o["shooting"], o["segment_steps"], o["iters"]
     lam, init, eta, mu_growth = o["lam"], o["init"], o["eta"], o["mu_growth"]
     _check_options(shooting, segment_steps, iters, mu, lam, init, eta, mu_growth, backtracks)
@@ -359,7 +363,8 @@ def msflow(
         "z0": z[0].clone(),
         "sigma": sigma,
         "euler_steps": st.K * st.M,
-        "options": {**o, "mu": float(mu), "task_family": family},
+        "options": {**o, "mu": float(mu), "task_family": family,
+                    "tuned_at_size": tuned_size("msflow", family, size)},
     }
     if x.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(x.device)
