@@ -118,9 +118,15 @@ def test_nfe_budget_is_respected() -> None:
     y = op(prior.sample_data(1, seed=2).float())
     full = ctflow.reconstruct(y, op, method="msflow", prior=prior, noise_std=0.01, iters=12,
                               init="noise", mu=10.0)
-    capped = ctflow.reconstruct(y, op, method="msflow", prior=prior, noise_std=0.01, iters=12,
-                                init="noise", mu=10.0, nfe=full.nfe // 3)
-    assert 0 < capped.nfe <= full.nfe // 3
+    for cap in range(2, full.nfe + 1, 3):  # caps landing anywhere inside an iteration
+        capped = ctflow.reconstruct(y, op, method="msflow", prior=prior, noise_std=0.01,
+                                    iters=12, init="noise", mu=10.0, nfe=cap)
+        assert 0 < capped.nfe <= cap, cap
+        assert capped.info["history"]["nfe"][-1] == capped.nfe
+    assert capped.nfe >= full.nfe - 3  # the last cap (≥ full.nfe − 2) leaves it nearly whole
+    with pytest.raises(MethodError, match="set-up"):  # rollout needs K·M = 8 for its set-up
+        ctflow.reconstruct(y, op, method="msflow", prior=prior, iters=1, init="rollout",
+                           shooting=4, segment_steps=2, nfe=7)
 
 
 def _operators() -> list[LinearOperator]:

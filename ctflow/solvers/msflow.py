@@ -53,6 +53,7 @@ everywhere: validation PSNR for γ = 1 / 1.5 / 2 was 39.25 / 36.66 / 35.41 dB on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -152,8 +153,14 @@ def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _update_colour(st: _Stitching, z: torch.Tensor, phi: torch.Tensor, x: torch.Tensor,
-                   ks: list[int], eta: float, backtracks: int, stats: dict[str, int]) -> None:
-    """One red–black half sweep over the blocks ks (in place on z and phi)."""
+                   ks: list[int], eta: float, backtracks: int, stats: dict[str, int],
+                   room: Callable[[], float]) -> None:
+    """One red–black half sweep over the blocks ks (in place on z and phi).  ``room()`` is
+    the NFE budget left: a trial (M evaluations) or the exact-gradient fallback (3M for the
+    VJP through the segment, plus a trial) that does not fit is skipped."""
+    m = st.M
+    if room() < m:
+        return
     nxt = torch.cat([z[1:], x[None]], 0)
     prev = [phi[k - 1] if k > 0 else None for k in ks]
     zk = z[ks]
@@ -183,14 +190,14 @@ def _update_colour(st: _Stitching, z: torch.Tensor, phi: torch.Tensor, x: torch.
 
     # Exact local gradient through one segment for the blocks (images) that failed.
     rows = [i for i in every if not bool(ok[i].all())]
-    if rows:
+    if rows and room() >= 4 * m:
         g = base[rows] - st.mu * st.flow_vjp(zk[rows], [ks[i] for i in rows], resid[rows])
         grad = torch.zeros_like(d)
         grad[rows] = g
         a = alpha.expand(len(ks), z.shape[1]).clone()
         for _ in range(backtracks + 1):
             rows = [i for i in rows if not bool(accepted[i].all())]
-            if not rows:
+            if not rows or room() < m:
                 break
             zg, phig, okg = trial(grad, a, rows)
             for j, i in enumerate(rows):
@@ -293,8 +300,10 @@ def msflow(
     "inverse" | "noise" | "rollout", ``eta`` the Jacobian-free step scale,
     ``mu_growth``/``mu_max`` an optional geometric μ schedule, ``cg_tol``/``cg_iters`` the
     proximal solve where it is iterative, ``nfe`` an optional budget of network
-    evaluations: no iteration starts that would exceed it at the previous iteration's cost
-    (the set-up's evaluations count too).  Options left at None take the defaults of
+    evaluations, never exceeded: the set-up's evaluations count, no iteration starts that
+    would exceed it at the previous iteration's cost, and within an iteration a sweep,
+    fallback or backtracking trial that does not fit is skipped (too small a budget for
+    the set-up is an error).  Options left at None take the defaults of
     ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None: from the operator's class)
     tuned on the validation split at the image size nearest to the operator's
     (``msflow_defaults.json``); ``mu`` None takes the family's
@@ -323,6 +332,16 @@ def msflow(
                                        "mu": [], "nfe": []}
     # x_init: the regularised pseudo-inverse argmin ‖Ax−y‖²/(2σ²) + (μ/2)‖x‖² (→ A⁺y as σ → 0)
     zero = torch.zeros(*prob.y.shape[:2], *op.in_shape, dtype=prob.y.dtype, device=prob.y.device)
+    setup = st.M * (1 + {"inverse": st.K, "noise": 0, "rollout": st.K - 1}[init])
+    if nfe is not None and int(nfe) < setup:
+        raise MethodError(f"msflow needs nfe >= {setup} for its set-up (K = {st.K}, "
+                          f"M = {st.M}, init {init!r}), got {nfe}")
+    cap = float("inf") if nfe is None else float(nfe)
+    nfe0 = prior.nfe  # evaluations are counted from here
+
+    def room() -> float:
+        return cap - (prior.nfe - nfe0)
+
     x = prox_data(op, prob.y, zero, sigma, st.mu, tol=1e-6, maxiter=200)
     z = _initial_states(st, x, init, seed)
     phi = st.flow(z, list(range(st.K)))
@@ -334,12 +353,12 @@ def msflow(
         history["objective"].append(history["data"][-1] + history["reg"][-1]
                                     + history["match"][-1])
         history["mu"].append(st.mu)
-        history["nfe"].append(prior.nfe)
+        history["nfe"].append(prior.nfe - nfe0)
 
     record()
     last_cost = 0
     for _ in tqdm(range(iters), disable=not progress, desc="msflow", leave=False):
-        if nfe is not None and prior.nfe + last_cost > nfe:
+        if last_cost > room():
             break  # the next iteration, at the last one's cost, would exceed the budget
         before = prior.nfe
         if mu_growth != 1.0 and len(history["objective"]) > 1:
@@ -348,7 +367,7 @@ def msflow(
         for colour in (0, 1):
             ks = list(range(colour, st.K, 2))
             if ks:
-                _update_colour(st, z, phi, x, ks, eta, backtracks, stats)
+                _update_colour(st, z, phi, x, ks, eta, backtracks, stats, room)
         x = _prox_step(st, x, phi[-1], phi_last_old, cg_tol, cg_iters)
         record()
         last_cost = prior.nfe - before
@@ -368,7 +387,7 @@ def msflow(
     }
     if x.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(x.device)
-    return SolverOutput(image=prob.to_physical(x), nfe=prior.nfe, info=info)
+    return SolverOutput(image=prob.to_physical(x), nfe=prior.nfe - nfe0, info=info)
 
 
 def _check_options(shooting: int, segment_steps: int, iters: int, mu: float, lam: float,
