@@ -50,7 +50,8 @@ import ctflow
 import ctflow.priors
 from ctflow.errors import CtflowError
 from ctflow.metrics import evaluate
-from ctflow.solvers.guidance import DEFAULTS_FILE, TUNED_SIZE, record_size
+from ctflow.solvers.common import TUNED_SIZE
+from ctflow.solvers.guidance import DEFAULTS_FILE, record_size
 from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 

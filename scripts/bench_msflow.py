@@ -64,7 +64,8 @@ from ctflow.errors import CtflowError
 from ctflow.metrics import evaluate
 from ctflow.priors import GaussianPrior
 from ctflow.solvers import get_solver
-from ctflow.solvers.latent_reg import DEFAULTS_FILE, TUNED_SIZE
+from ctflow.solvers.common import TUNED_SIZE
+from ctflow.solvers.latent_reg import DEFAULTS_FILE
 from ctflow.tasks import SOLVER_BENCH_TASKS, get_task, heldout_images
 from ctflow.units import mu_to_hu
 

@@ -72,3 +72,13 @@ def operator_family(op: LinearOperator) -> str | None:
         if cls.__name__ in _FAMILY_OF_CLASS:
             return _FAMILY_OF_CLASS[cls.__name__]
     return None
+
+
+# Image size at which the defaults tables' family settings were tuned; settings tuned at
+# another size say so, and a call takes those of the tuned size nearest to its image.
+TUNED_SIZE = 64
+
+
+def nearest_size(tuned: set[int], size: int) -> int:
+    """The tuned image size nearest to ``size`` (the smaller on a tie)."""
+    return min(tuned, key=lambda n: (abs(n - size), n))

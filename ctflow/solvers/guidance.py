@@ -34,7 +34,14 @@ import torch
 from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import ModelProblem, check_family, operator_family, seeded_noise
+from .common import (
+    TUNED_SIZE,
+    ModelProblem,
+    check_family,
+    nearest_size,
+    operator_family,
+    seeded_noise,
+)
 
 DEFAULTS_FILE = Path(__file__).with_name("conjugate_defaults.json")
 
@@ -136,7 +143,6 @@ def _table() -> dict[str, Any]:
 
 
 TUNED_META = ("family", "jacobian", "nfe", "noisy", "psnr_val", "task", "size")
-TUNED_SIZE = 64  # image size of the records that do not state one
 
 
 def record_size(record: dict[str, Any]) -> int:
@@ -162,7 +168,7 @@ def tuned_record(method: str, family: str | None, jacobian: bool, nfe: int | Non
     if not records:
         return None
     if size is not None:
-        nearest = min({record_size(r) for r in records}, key=lambda n: (abs(n - size), n))
+        nearest = nearest_size({record_size(r) for r in records}, size)
         records = [r for r in records if record_size(r) == nearest]
     below = [r for r in records if nfe is not None and r["nfe"] <= nfe]
     if below:

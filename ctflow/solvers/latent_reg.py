@@ -28,7 +28,7 @@ import torch
 
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import check_family, operator_family
+from .common import TUNED_SIZE, check_family, nearest_size, operator_family
 
 DEFAULTS_FILE = Path(__file__).with_name("msflow_defaults.json")
 
@@ -133,17 +133,13 @@ def task_family(op: LinearOperator, given: str | None) -> str | None:
     return check_family(given) or operator_family(op)
 
 
-TUNED_SIZE = 64  # the image size the family options were tuned at
-
-
 def tuned_size(method: str, family: str | None, size: int | None) -> int:
     """The tuned image size whose options serve an image of ``size``: the nearest of 64 and
     the family's ``sizes`` entries (the smaller on a tie; None: 64)."""
     entry = _defaults_table()["methods"][method].get("families", {}).get(family or "", {})
-    sizes = {TUNED_SIZE, *(int(n) for n in entry.get("sizes", {}))}
     if size is None:
         return TUNED_SIZE
-    return min(sizes, key=lambda n: (abs(n - size), n))
+    return nearest_size({TUNED_SIZE, *(int(n) for n in entry.get("sizes", {}))}, size)
 
 
 def tuned_defaults(method: str, family: str | None, size: int | None = None) -> dict[str, Any]:

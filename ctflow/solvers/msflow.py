@@ -71,7 +71,6 @@ from .latent_reg import (
     radial_reg,
     radial_reg_grad,
     resolve_options,
-    tuned_defaults,
     tuned_size,
 )
 from .latent_reg import task_family as family_of
@@ -314,12 +313,12 @@ def msflow(
     family = family_of(op, task_family)
     prob = model_problem(y, op, prior, noise_std)
     size = int(op.in_shape[-1])
-    defaults = tuned_defaults("msflow", family, size)
-    if mu is None:
-        mu = defaults["mu_noisy"] if prob.noise_std > 0 else defaults["mu_noiseless"]
     o = resolve_options("msflow", family, size, shooting=shooting,
                         segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
-                        mu_growth=mu_growth)
+                        mu_growth=mu_growth, mu_noisy=None, mu_noiseless=None)
+    mu_noisy, mu_noiseless = o.pop("mu_noisy"), o.pop("mu_noiseless")
+    if mu is None:
+        mu = mu_noisy if prob.noise_std > 0 else mu_noiseless
     shooting, segment_steps, iters = o["shooting"], o["segment_steps"], o["iters"]
     lam, init, eta, mu_growth = o["lam"], o["init"], o["eta"], o["mu_growth"]
     _check_options(shooting, segment_steps, iters, mu, lam, init, eta, mu_growth, backtracks)
