@@ -94,6 +94,25 @@ class Inpainting(LinearOperator):
     def observed_fraction(self) -> float:
         return float(self.mask.float().mean())
 
+    @property
+    def edge_fraction(self) -> float:
+        """Share of the missing pixels with at least one observed 4-neighbour (1.0 if none is
+        missing): near 1 for scattered masks (70 % random: 0.78 at 64²), small for one box
+        (a 16×16 box at 64²: 0.23, a 32×32 box at 128²: 0.12)."""
+        missing = ~self.mask
+        if not bool(missing.any()):
+            return 1.0
+        m = torch.nn.functional.pad(self.mask.float()[None, None], (1, 1, 1, 1))[0, 0]
+        neighbours = m[:-2, 1:-1] + m[2:, 1:-1] + m[1:-1, :-2] + m[1:-1, 2:]
+        return float((neighbours[missing] > 0).float().mean())
+
+    @property
+    def scattered(self) -> bool:
+        """True for scattered masks (``edge_fraction`` > 0.5), whose holes are mostly single
+        pixels next to data, unlike large holes (boxes); guided samplers keep separate tuned
+        settings for them."""
+        return self.edge_fraction > 0.5
+
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return x * self._m.like(x)
 

@@ -23,8 +23,12 @@ size other than 64 carry it, and calls use the records of the size nearest to th
 each budget of ``--tune-nfe`` (conjugate
 samplers) / ``--tune-base-nfe`` (Euler baselines).  Every method gets a grid of the same
 size: (w, τ) for conjugate, conjugate+vjp, conjugate-diffusion and pigfm, (γ, t0) for
-otode.  All grid scores and the best setting per (method, jacobian, family, noisy, NFE) go
-to ``--tune-out``; ``--write-defaults A.json B.json …`` merges such files into
+otode; where ``--tune-lam`` gives the conjugate samplers a λ axis, the recorded commands
+give the Euler baselines as many more τ / t0 values.  The family ``inpainting-random``
+(inpaint-random, tuned only when named) gives records tagged ``"mask": "scattered"``,
+which serve scattered masks (``Inpainting.scattered``) only.  All grid scores and the best
+setting per (method, jacobian, family, noisy, mask kind, NFE) go to ``--tune-out``;
+``--write-defaults A.json B.json …`` merges such files into
 ctflow/solvers/conjugate_defaults.json.
 """
 
@@ -59,6 +63,10 @@ GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
 # tuning family → validation task; "ct-noisy" tunes the records CT calls with noisy data use
 FAMILY_TASK = {"ct": "ct60", "ct-noisy": "ct60-1e5", "inpainting": "inpaint-box", "sr": "sr4",
                "blur": "blur"}
+# tuned only when named (--tune-families): scattered-mask inpainting, records tagged with
+# the mask kind (guidance.mask_kind) that serve scattered masks only
+EXTRA_FAMILY_TASK = {"inpainting-random": "inpaint-random"}
+FAMILY_MASK = {"inpainting-random": "scattered"}
 # tuned variants: (label, method, jacobian, names of the two grid options)
 TUNE_VARIANTS = {
     "conjugate": ("conjugate", False, ("w", "tau")),
@@ -230,30 +238,32 @@ def tune(args, prior) -> dict[str, Any]:
     (variant, family, NFE).  A diverged setting scores −inf."""
     images = heldout_images(args.size, args.images, split="val")
     grids = {"w": args.tune_w, "tau": args.tune_tau, "gamma": args.tune_gamma,
-             "t0": args.tune_t0, "rho_scale": args.tune_rho_scale}
+             "t0": args.tune_t0, "rho_scale": args.tune_rho_scale, "lam": args.tune_lam}
     grid_log: list[dict[str, Any]] = []
     chosen: list[dict[str, Any]] = []
     for family in args.tune_families:
-        task = get_task(FAMILY_TASK[family])
+        task = get_task({**FAMILY_TASK, **EXTRA_FAMILY_TASK}[family])
+        mask = FAMILY_MASK.get(family)
         problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
         noisy = task.noisy
         for label in args.tune_methods:
             method, jac, names = TUNE_VARIANTS[label]
             if noisy:  # the noise weight κ of guidance.GuidanceTarget is tuned too
                 names = (*names, "rho_scale")
+            if method.startswith("conjugate"):  # λ of the conjugate map (--tune-lam)
+                names = (*names, "lam")
             budgets = args.tune_nfe if method.startswith("conjugate") else args.tune_base_nfe
             for nfe in budgets:
                 best: tuple[float, dict[str, float]] | None = None
                 for values in itertools.product(*(grids[n] for n in names)):
                     opts = dict(zip(names, values, strict=True))
-                    if method.startswith("conjugate"):
-                        opts["lam"] = 0.0
                     vals = [solve(p, method, prior, args.seed, nfe=nfe, jacobian=jac, **opts)
                             for p in problems]
                     score = (float(np.mean([v["psnr"] for v in vals]))
                              if all(v is not None for v in vals) else float("-inf"))
                     grid_log.append({"variant": label, "family": task.family,
                                      "task": task.name, "size": args.size, "noisy": noisy,
+                                     **({"mask": mask} if mask else {}),
                                      "nfe": nfe, **opts,
                                      "psnr_val": round(score, 3)})
                     print(f"  tune {label} {family} nfe={nfe} {opts}: {score:.2f}",
@@ -265,14 +275,16 @@ def tune(args, prior) -> dict[str, Any]:
                                **({"size": args.size} if args.size != TUNED_SIZE else {}),
                                "jacobian": jac, "nfe": nfe, **best[1],
                                "psnr_val": round(best[0], 3),
-                               **({"noisy": True} if noisy else {})})
+                               **({"noisy": True} if noisy else {}),
+                               **({"mask": mask} if mask else {})})
     return {"command": command_line(), "prior": args.prior,
             "images": f"heldout_images({args.size}, {args.images}, split='val')",
             "grids": {n: grids[n] for n in grids}, "chosen": chosen, "grid": grid_log}
 
 
 def write_defaults(files: list[str]) -> None:
-    """Merge tune-result files into conjugate_defaults.json (records replaced per key)."""
+    """Merge tune-result files into conjugate_defaults.json (records replaced per key, each
+    keeping the command of the tuning run that chose it; atomic replace)."""
     table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
     runs_meta = table.setdefault("tuning", [])
     for name in files:
@@ -281,16 +293,18 @@ def write_defaults(files: list[str]) -> None:
             entry = table["methods"][rec["method"]]
             def key(r: dict[str, Any]) -> tuple:
                 return (r["family"], record_size(r), bool(r.get("noisy", False)),
-                        r["jacobian"], r["nfe"])
+                        r.get("mask") or "", r["jacobian"], r["nfe"])
 
             tuned = [r for r in entry.get("tuned", []) if key(r) != key(rec)]
-            tuned.append({k: v for k, v in rec.items() if k != "method"})
+            tuned.append({**{k: v for k, v in rec.items() if k != "method"},
+                          "tuned_by": result["command"]})
             entry["tuned"] = sorted(tuned, key=key)
         runs_meta[:] = [m for m in runs_meta if m["command"] != result["command"]]
         runs_meta.append({k: result[k] for k in ("command", "prior", "images", "grids",
                                                   "grid")})
-    DEFAULTS_FILE.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n",
-                             encoding="utf-8")
+    tmp = DEFAULTS_FILE.with_name(DEFAULTS_FILE.name + ".tmp")
+    tmp.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(DEFAULTS_FILE)
 
 
 def command_line() -> str:
@@ -328,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-t0", nargs="+", type=float, default=[0.2, 0.4])
     p.add_argument("--tune-rho-scale", nargs="+", type=float, default=[3.0, 10.0, 30.0, 100.0],
                    help="noise weights κ tried on noisy tuning tasks (family ct-noisy)")
-    p.add_argument("--tune-families", nargs="+", default=list(FAMILY_TASK))
+    p.add_argument("--tune-lam", nargs="+", type=float, default=[0.0],
+                   help="λ values tried for C-ΠGFM / C-ΠGDM")
+    p.add_argument("--tune-families", nargs="+", default=list(FAMILY_TASK),
+                   choices=[*FAMILY_TASK, *EXTRA_FAMILY_TASK],
+                   help="families to tune (default: all but inpainting-random, the "
+                        "scattered-mask records, tuned only when named)")
     p.add_argument("--tune-out", help="write the tuning result (JSON) here")
     p.add_argument("--from-csv", nargs="+", metavar="CSV",
                    help="merge the --csv files of partial runs into one report and exit")

@@ -28,8 +28,10 @@ then the earliest in grid order, wins) and stores the chosen options,
 the command, the images and every grid score under that family in
 ``ctflow/solvers/msflow_defaults.json`` (tuned at a ``--size`` other than 64: under the
 family's ``sizes`` entry, whose options overlay the 64² ones for images nearest that
-size).  For MS-Flow a grid key ``mu`` is stored as ``mu_noisy`` or ``mu_noiseless`` by the
-noise of the tuning tasks (they must agree).
+size; with ``--tune-mask scattered``, on scattered inpainting masks only, under the
+family's ``masks`` entry, whose options overlay the others for such masks).  For MS-Flow a
+grid key ``mu`` is stored as ``mu_noisy`` or ``mu_noiseless`` by the noise of the tuning
+tasks (they must agree).
 
     python3 scripts/bench_msflow.py --tune sr --tune-method msflow --split val --images 2 \
         --tasks sr4 --grid '{"init": ["inverse", "noise"], "iters": [10, 20]}'
@@ -64,7 +66,7 @@ from ctflow.errors import CtflowError
 from ctflow.metrics import evaluate
 from ctflow.priors import GaussianPrior
 from ctflow.solvers import get_solver
-from ctflow.solvers.common import TUNED_SIZE
+from ctflow.solvers.common import SCATTERED, TUNED_SIZE, mask_kind
 from ctflow.solvers.latent_reg import DEFAULTS_FILE
 from ctflow.tasks import SOLVER_BENCH_TASKS, get_task, heldout_images
 from ctflow.units import mu_to_hu
@@ -149,6 +151,9 @@ def main() -> None:
     p.add_argument("--tune-method", default="msflow", choices=["msflow", "dflow"])
     p.add_argument("--grid", default="{}", help="tuning grid: JSON {option: [values]}")
     p.add_argument("--fixed", default="{}", help="tuning: JSON options held fixed")
+    p.add_argument("--tune-mask", default=None, choices=[SCATTERED],
+                   help="tuning: store the options for this inpainting mask kind only (the "
+                        "family's 'masks' entry; every --tasks mask must be of that kind)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -265,6 +270,10 @@ def tune(args: argparse.Namespace, prior) -> None:
     problems = [(t, i, t.problem(gt, seed=args.seed + i)) for t in tasks
                 for i, gt in enumerate(images)]
     noisy = {p.noise_std > 0 for _, _, p in problems}
+    if args.tune_mask is not None and (args.size != TUNED_SIZE or any(
+            mask_kind(p.op) != args.tune_mask for _, _, p in problems)):
+        raise SystemExit(f"--tune-mask {args.tune_mask} needs --size {TUNED_SIZE} and tasks "
+                         "whose masks are all of that kind")
     results = []
     for values in itertools.product(*grid.values()):
         opts = {**fixed, **dict(zip(grid, values, strict=True))}
@@ -302,6 +311,9 @@ def _store(args: argparse.Namespace, grid: dict[str, list[Any]], fixed: dict[str
         args.tune, {"options": {}, "tuning": []})
     if args.size != TUNED_SIZE:  # options tuned at another image size overlay the 64² ones
         entry = entry.setdefault("sizes", {}).setdefault(str(args.size),
+                                                          {"options": {}, "tuning": []})
+    if args.tune_mask is not None:  # options for one mask kind overlay the family's
+        entry = entry.setdefault("masks", {}).setdefault(args.tune_mask,
                                                           {"options": {}, "tuning": []})
     entry["options"].update(chosen)
     entry["tuning"].append({

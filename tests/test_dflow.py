@@ -9,6 +9,7 @@ import ctflow
 from ctflow.errors import MethodError
 from ctflow.operators import Inpainting
 from ctflow.priors import GaussianPrior
+from ctflow.solvers.common import mask_kind
 from ctflow.solvers.dflow import dflow, rollout
 from ctflow.solvers.latent_reg import invert_euler, tuned_defaults
 
@@ -50,6 +51,23 @@ def test_nfe_counts_forwards_and_backwards() -> None:
     assert capped.nfe <= 100 and capped.info["evaluations"] == (100 - steps) // (2 * steps)
 
 
+def test_conjugate_warm_start_counts_its_evaluations() -> None:
+    """init="conjugate": C-ΠGFM (5 NFE), then the backward run from its image (N NFE); the
+    first rollout lands near the warm image and L-BFGS only improves on it."""
+    prior, op, y, _ = _problem()
+    steps = 64
+    warm = ctflow.reconstruct(y, op, method="conjugate", prior=prior, noise_std=0.05, nfe=5,
+                              task_family="inpainting")
+    out = dflow(y, op, prior=prior, noise_std=0.05, steps=steps, iters=5, init="conjugate")
+    h = out.info["history"]
+    assert out.nfe == 5 + steps + out.info["evaluations"] * 2 * steps == h["nfe"][-1]
+    start = rollout(prior, invert_euler(prior, warm.image, [0.0, 1.0], steps)[0], steps)
+    assert float((start - warm.image).norm() / warm.image.norm()) < 0.05
+    cold = dflow(y, op, prior=prior, noise_std=0.05, steps=steps, iters=5, init="noise")
+    assert h["data"][0] < 0.2 * cold.info["history"]["data"][0]
+    assert min(h["objective"]) <= h["objective"][0]
+
+
 def test_inverse_init_recovers_rollout_start() -> None:
     prior, _, _, x1 = _problem()
     z = invert_euler(prior, x1, [0.0, 1.0], 64)[0]
@@ -83,7 +101,7 @@ def test_family_defaults_are_used_and_explicit_options_win() -> None:
     prior, op, y, _ = _problem()
     for family, expect in ((None, "inpainting"), ("sr", "sr")):
         out = dflow(y, op, prior=prior, noise_std=0.05, task_family=family, iters=1)
-        table = tuned_defaults("dflow", expect)
+        table = tuned_defaults("dflow", expect, N, mask_kind(op))
         used = out.info["options"]
         assert used["task_family"] == expect and used["iters"] == 1
         assert (used["steps"], used["lam"], used["init"]) == (table["steps"], table["lam"],

@@ -11,6 +11,7 @@ import ctflow
 from ctflow.errors import MethodError
 from ctflow.operators import GaussianBlur, Identity, Inpainting, LinearOperator, SuperResolution
 from ctflow.priors import GaussianPrior
+from ctflow.solvers.common import mask_kind
 from ctflow.solvers.dflow import rollout
 from ctflow.solvers.latent_reg import (
     DEFAULTS_FILE,
@@ -110,6 +111,26 @@ def test_rollout_initialisation_starts_on_a_trajectory() -> None:
     again = msflow(y, op, prior=prior, noise_std=0.01, iters=3, init="rollout", shooting=4,
                    segment_steps=2, mu=10.0, lam=1.0, seed=5)
     assert _monotone(again.info["history"]["objective"])
+
+
+def test_conjugate_warm_start() -> None:
+    """init="conjugate": the image starts at the C-ΠGFM reconstruction (5 NFE), the states
+    are its backward Euler run (K·M NFE), plus the M-NFE batched sweep over the segments."""
+    prior = _prior()
+    op = Inpainting(_mask())
+    y = op(prior.sample_data(1, seed=2).float())
+    warm = ctflow.reconstruct(y, op, method="conjugate", prior=prior, noise_std=0.01, nfe=5,
+                              seed=4, task_family="inpainting")
+    out = msflow(y, op, prior=prior, noise_std=0.01, iters=0, init="conjugate", shooting=4,
+                 segment_steps=2, mu=10.0, lam=1.0, seed=4)
+    assert out.nfe == 5 + 4 * 2 + 2
+    assert torch.allclose(out.image, warm.image, atol=1e-6)
+    more = msflow(y, op, prior=prior, noise_std=0.01, iters=4, init="conjugate", shooting=4,
+                  segment_steps=2, mu=10.0, lam=1.0, seed=4)
+    assert _monotone(more.info["history"]["objective"])
+    assert more.info["history"]["data"][-1] < 0.5 * more.info["history"]["data"][0]
+    with pytest.raises(MethodError, match="set-up"):
+        msflow(y, op, prior=prior, init="conjugate", shooting=4, segment_steps=2, nfe=14)
 
 
 def test_nfe_budget_is_respected() -> None:
@@ -234,7 +255,7 @@ def test_family_defaults_are_used_and_explicit_options_win() -> None:
     capped = {"iters": 1}  # keep the test fast; every other option from the table
     for family, expect in ((None, "inpainting"), ("ct", "ct"), ("blur", "blur")):
         out = msflow(y, op, prior=prior, task_family=family, **capped)
-        table = {**tuned_defaults("msflow", expect), **capped}
+        table = {**tuned_defaults("msflow", expect, N, mask_kind(op)), **capped}
         used = out.info["options"]
         assert used["task_family"] == expect
         assert used["mu"] == table["mu_noiseless"]  # noiseless call
@@ -258,10 +279,15 @@ def test_defaults_table_records_its_tuning(method: str) -> None:
     entries = [(family, entry) for family, entry in table["families"].items()]
     entries += [(f"{family}@{size}", sized) for family, entry in table["families"].items()
                 for size, sized in entry.get("sizes", {}).items()]
+    entries += [(f"{family}#{mask}", masked) for family, entry in table["families"].items()
+                for mask, masked in entry.get("masks", {}).items()]
     for family, entry in entries:
         assert entry["tuning"], family
         if "@" in family:  # tuned at another image size: every run says so
             assert all(f"--size {family.split('@')[1]}" in run["command"]
+                       for run in entry["tuning"]), family
+        if "#" in family:  # tuned for one mask kind: every run says so
+            assert all(f"--tune-mask {family.split('#')[1]}" in run["command"]
                        for run in entry["tuning"]), family
         for run in entry["tuning"]:
             assert run["split"] == "val" and run["images"] and run["results"]
@@ -341,3 +367,38 @@ def test_defaults_per_image_size(monkeypatch) -> None:
     assert latent_reg.tuned_defaults("msflow", "inpainting")["init"] == "noise"
     assert latent_reg.resolve_options("msflow", "inpainting", 128, init=None, iters=5) == \
         {"init": "rollout", "iters": 5}
+
+
+def test_defaults_per_mask_kind(monkeypatch) -> None:
+    """Options tuned on scattered masks overlay the family's (and its size's) for operators
+    with such a mask; box masks and other operators keep the family's."""
+    from ctflow.solvers import latent_reg
+
+    generic = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))["methods"]["msflow"][
+        "generic"]
+    table = {"methods": {"msflow": {"generic": {**generic, "iters": 10, "init": "noise",
+                                                "eta": 1.0},
+                                    "families": {"inpainting": {
+        "options": {"iters": 20, "eta": 2.0}, "tuning": [],
+        "sizes": {"128": {"options": {"init": "rollout"}, "tuning": []}},
+        "masks": {"scattered": {"options": {"init": "conjugate", "eta": 1.0},
+                                "tuning": []}}}}}}}
+    monkeypatch.setattr(latent_reg, "_defaults_table", lambda: table)
+    box = torch.ones(16, 16, dtype=torch.bool)
+    box[4:12, 4:12] = False
+    scattered = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) > 0.7
+    kinds = [mask_kind(Inpainting(m)) for m in (box, scattered)]
+    assert kinds == [None, "scattered"]
+    for size in (64, 128):
+        got = [latent_reg.tuned_defaults("msflow", "inpainting", size, k) for k in kinds]
+        assert [(g["init"], g["eta"], g["iters"]) for g in got] == \
+            [("noise" if size == 64 else "rollout", 2.0, 20), ("conjugate", 1.0, 20)]
+    assert latent_reg.tuned_mask("msflow", "inpainting", "scattered") == "scattered"
+    assert latent_reg.tuned_mask("msflow", "sr", "scattered") is None
+    prior = _prior()
+    op = Inpainting(torch.rand(N, N, generator=torch.Generator().manual_seed(1)) > 0.7)
+    assert op.scattered
+    y = op(prior.sample_data(1, seed=2).float())
+    out = msflow(y, op, prior=prior, noise_std=0.01, task_family="inpainting", iters=1)
+    assert out.info["options"]["init"] == "conjugate"
+    assert out.info["options"]["tuned_mask"] == "scattered"

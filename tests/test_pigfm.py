@@ -153,13 +153,14 @@ GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
 
 def test_tuned_defaults_are_the_validation_argmax():
     """Every guided sampler has its own records for every family at 5 NFE, each the best
-    score of its recorded validation grid (same grid size for every method)."""
+    score of the validation grid of the run that chose it (same grid size for every
+    method, per noise setting and mask kind)."""
     from ctflow.solvers.common import FAMILIES
 
     table = _tuning_table()
     runs = table["tuning"]
     assert runs and all("split='val'" in run["images"] for run in runs)
-    grid = [row for run in runs for row in run["grid"]]
+    by_command = {run["command"]: run["grid"] for run in runs}
     sizes = {}
     for method in GUIDED:
         records = table["methods"][method]["tuned"]
@@ -169,15 +170,19 @@ def test_tuned_defaults_are_the_validation_argmax():
         for rec in records:
             variant = method + ("+vjp" if rec["jacobian"] else "")
             noisy = bool(rec.get("noisy", False))
+            mask = rec.get("mask")
+            grid = by_command[rec["tuned_by"]]
             rows = [g for g in grid if (g["variant"], g["family"], record_size(g),
-                                        bool(g.get("noisy")), g["nfe"])
-                    == (variant, rec["family"], record_size(rec), noisy, rec["nfe"])]
-            sizes.setdefault(noisy, set()).add(len(rows))
-            names = [k for k in ("w", "tau", "gamma", "t0", "rho_scale") if k in rec]
+                                        bool(g.get("noisy")), g.get("mask"), g["nfe"])
+                    == (variant, rec["family"], record_size(rec), noisy, mask, rec["nfe"])]
+            if not rec["jacobian"]:  # the methods compared with each other
+                sizes.setdefault((noisy, mask), set()).add(len(rows))
+            names = [k for k in ("w", "tau", "gamma", "t0", "rho_scale", "lam") if k in rec
+                     and any(k in g for g in rows)]
             same = [g for g in rows if all(g[k] == rec[k] for k in names)]
             assert len(same) == 1 and same[0]["psnr_val"] == rec["psnr_val"], rec
             assert rec["psnr_val"] == max(g["psnr_val"] for g in rows), rec
-    assert all(len(v) == 1 for v in sizes.values()), sizes  # same grid budget per noise
+    assert all(len(v) == 1 for v in sizes.values()), sizes  # same grid budget per kind
 
 
 @pytest.mark.parametrize("method", GUIDED)
@@ -193,7 +198,8 @@ def test_defaults_resolve_per_method_family_jacobian_size_and_budget(method):
     for op, family in itertools.product(ops, {r["family"] for r in records}):
         size = op.in_shape[-1]
         for jac, noisy in itertools.product((False, True), (False, True)):
-            mine = [r for r in records if r["family"] == family and r["jacobian"] == jac]
+            mine = [r for r in records if r["family"] == family and r["jacobian"] == jac
+                    and not r.get("mask")]  # these operators have no scattered mask
             # noisy calls use the noisy records, or the noiseless ones if there are none
             own = [r for r in mine if bool(r.get("noisy")) == noisy] or \
                 [r for r in mine if not r.get("noisy")]
@@ -229,3 +235,24 @@ def test_tuned_record_prefers_the_nearest_tuned_size(monkeypatch):
         == [1.0, 1.0, 1.0, 1.0, 2.0, 2.0]
     assert pick("pigfm", "ct", False, 5)["w"] in (1.0, 2.0)  # any size
     assert pick("pigfm", "ct", False, 5, noisy=True, size=128)["w"] == 3.0  # noise first
+
+
+def test_scattered_masks_take_their_own_records(monkeypatch):
+    """Records tagged "mask": "scattered" serve scattered inpainting masks only; a box mask
+    (or a family without such records) takes the untagged ones."""
+    from ctflow.operators import Inpainting
+    from ctflow.solvers import guidance
+
+    recs = [{"family": "inpainting", "jacobian": False, "nfe": 5, "w": 1.0, "lam": 0.0},
+            {"family": "inpainting", "jacobian": False, "nfe": 5, "w": 2.0, "lam": -1.0,
+             "mask": "scattered"},
+            {"family": "ct", "jacobian": False, "nfe": 5, "w": 3.0, "lam": 0.0}]
+    monkeypatch.setattr(guidance, "_table", lambda: {"methods": {"conjugate": {
+        "generic": {"w": 9.0, "lam": 0.0, "tau": 0.2, "jacobian": False}, "tuned": recs}}})
+    box = torch.ones(32, 32, dtype=torch.bool)
+    box[8:24, 8:24] = False
+    scattered = torch.rand(32, 32, generator=torch.Generator().manual_seed(0)) > 0.7
+    picks = [guidance.resolve_options("conjugate", Inpainting(m), None, nfe=5)
+             for m in (box, scattered)]
+    assert [(o["w"], o["lam"]) for o in picks] == [(1.0, 0.0), (2.0, -1.0)]
+    assert guidance.tuned_record("conjugate", "ct", False, 5, mask="scattered")["w"] == 3.0

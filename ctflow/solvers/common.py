@@ -82,3 +82,13 @@ TUNED_SIZE = 64
 def nearest_size(tuned: set[int], size: int) -> int:
     """The tuned image size nearest to ``size`` (the smaller on a tie)."""
     return min(tuned, key=lambda n: (abs(n - size), n))
+
+
+SCATTERED = "scattered"
+
+
+def mask_kind(op: LinearOperator) -> str | None:
+    """"scattered" for an inpainting operator whose holes are mostly next to data
+    (``Inpainting.scattered``: 70 % random masks), else None (boxes, other operators);
+    the tuned-defaults tables keep separate settings for scattered masks."""
+    return SCATTERED if bool(getattr(op, "scattered", False)) else None

@@ -142,9 +142,19 @@ def tuned_size(method: str, family: str | None, size: int | None) -> int:
     return nearest_size({TUNED_SIZE, *(int(n) for n in entry.get("sizes", {}))}, size)
 
 
-def tuned_defaults(method: str, family: str | None, size: int | None = None) -> dict[str, Any]:
+def tuned_mask(method: str, family: str | None, mask: str | None) -> str | None:
+    """``mask`` if the family has options tuned for that mask kind (``masks`` entry), else
+    None."""
+    entry = _defaults_table()["methods"][method].get("families", {}).get(family or "", {})
+    return mask if mask is not None and mask in entry.get("masks", {}) else None
+
+
+def tuned_defaults(method: str, family: str | None, size: int | None = None,
+                   mask: str | None = None) -> dict[str, Any]:
     """Default options of ``method`` ("msflow" or "dflow"): generic, overlaid by the family's
-    (tuned at 64²), overlaid by the family's options tuned at the size nearest to ``size``."""
+    (tuned at 64²), by the family's options tuned at the size nearest to ``size``, then by
+    those tuned for the operator's mask kind (``mask``, e.g. "scattered"; the mask kind
+    decides more than the size, as for the guided samplers' records)."""
     entry = _defaults_table()["methods"][method]
     out = dict(entry["generic"])
     if family is not None:
@@ -153,12 +163,14 @@ def tuned_defaults(method: str, family: str | None, size: int | None = None) -> 
         nearest = tuned_size(method, family, size)
         if nearest != TUNED_SIZE:
             out.update(fam["sizes"][str(nearest)]["options"])
+        if tuned_mask(method, family, mask) is not None:
+            out.update(fam["masks"][mask]["options"])
     return out
 
 
 def resolve_options(method: str, family: str | None, size: int | None = None,
-                    **given: Any) -> dict[str, Any]:
-    """Each given (non-None) option wins over the family default for the image size, then
-    the generic one."""
-    defaults = tuned_defaults(method, family, size)
+                    mask: str | None = None, **given: Any) -> dict[str, Any]:
+    """Each given (non-None) option wins over the family default for the image size and
+    mask kind, then the generic one."""
+    defaults = tuned_defaults(method, family, size, mask)
     return {k: (defaults[k] if v is None else v) for k, v in given.items()}

@@ -38,17 +38,22 @@ regularised at the noise level (A⁺y itself for σ → 0); ``init="inverse"`` r
 backwards from x_init and uses its states at s_k; ``init="noise"`` takes
 z_0 ~ N(0, I) (seeded) and z_k = s_k·x_init + (1−s_k)·z_0; ``init="rollout"`` takes the
 same z_0 and z_k = Φ_{k−1}(z_{k−1}), a prior trajectory with no defects but the last
-(K−1)·M extra evaluations once).  Inverting A⁺y puts the trajectory where the
-pseudo-inverse's null-space content (zeros in the holes, flat 4×4 blocks for SR) leads,
-and the local moves rarely leave it: on the validation split "rollout" wins for CT,
-"noise" for inpainting and SR, "inverse" only for blur (``msflow_defaults.json``).
+(K−1)·M extra evaluations once); ``init="conjugate"`` is a warm start: x_init is the
+C-ΠGFM reconstruction at its tuned 5-NFE defaults (``conjugate.py``), run backwards as for
+"inverse", and the image starts there (5 + K·M extra evaluations once).  Inverting A⁺y puts
+the trajectory where the pseudo-inverse's null-space content (zeros in the holes, flat 4×4
+blocks for SR) leads, and the local moves rarely leave it.  On the validation split (64²,
+``msflow_defaults.json``) the warm start wins for CT (44.14 dB against 41.81 for "rollout"),
+SR, blur and scattered-mask inpainting (31.99 against 29.78), "rollout" for box-like holes.
 
 Defaults per task family (K, M, iterations, μ for noiseless / noisy data, λ, init, η) are
 read from ``msflow_defaults.json``, where the tuning commands and grid scores are kept.
-A geometric μ schedule (μ ← γμ per iteration, ``mu_growth`` γ) was measured there and is off
-everywhere: validation PSNR for γ = 1 / 1.5 / 2 was 39.25 / 36.66 / 35.41 dB on CT, 32.34 /
-28.68 / 26.64 on noisy CT, 44.46 / 39.71 / 37.24 on blur, 26.25 for all on SR, and for
-γ = 1 / 1.2 / 1.4 30.78 / 30.88 / 30.21 on inpainting (a tie).
+A geometric μ schedule (μ ← γμ per iteration, ``mu_growth`` γ) was measured there (with the
+64² prior, before the init grids): validation PSNR for γ = 1 / 1.5 / 2 was 41.81 / 39.22 /
+37.94 dB on CT, 34.32 / 30.07 / 26.99 on noisy CT, 45.90 / 40.48 / 37.27 on blur and
+27.92 / 27.94 / 27.99 on SR, and for γ = 1 / 1.2 / 1.4 32.19 / 32.05 / 31.74 on inpainting.
+It is off everywhere but SR, where the three tie within 0.1 dB and γ = 2 needs the fewest
+evaluations (157 against 167 per image).
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ from tqdm.auto import tqdm
 from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import SolverOutput, model_problem, seeded_noise
+from .common import SolverOutput, mask_kind, model_problem, seeded_noise
+from .conjugate import conjugate
 from .latent_reg import (
     data_sigma,
     euler_flow,
@@ -71,11 +77,14 @@ from .latent_reg import (
     radial_reg,
     radial_reg_grad,
     resolve_options,
+    tuned_mask,
     tuned_size,
 )
 from .latent_reg import task_family as family_of
 
 ARMIJO_C = 1e-4
+WARM_START_NFE = 5  # C-ΠGFM evaluations of init="conjugate"
+INITS = ("inverse", "noise", "rollout", "conjugate")
 
 
 def _sq(a: torch.Tensor) -> torch.Tensor:
@@ -257,7 +266,7 @@ def _prox_step(st: _Stitching, x: torch.Tensor, phi_last: torch.Tensor,
 
 def _initial_states(st: _Stitching, x_init: torch.Tensor, init: str, seed: int) -> torch.Tensor:
     """Shooting states (K, B, C, H, W) from x_init (see the module docstring)."""
-    if init == "inverse":
+    if init in ("inverse", "conjugate"):
         states = invert_euler(st.prior, x_init, st.grid, st.M)
         return torch.stack(states[: st.K])
     z0 = seeded_noise(tuple(x_init.shape), seed, x_init)
@@ -296,7 +305,7 @@ def msflow(
 
     ``shooting`` = K, ``segment_steps`` = M (K·M Euler steps in all), ``iters`` outer
     iterations, ``mu``/``lam`` the matching and radial-regulariser weights, ``init``
-    "inverse" | "noise" | "rollout", ``eta`` the Jacobian-free step scale,
+    "inverse" | "noise" | "rollout" | "conjugate", ``eta`` the Jacobian-free step scale,
     ``mu_growth``/``mu_max`` an optional geometric μ schedule, ``cg_tol``/``cg_iters`` the
     proximal solve where it is iterative, ``nfe`` an optional budget of network
     evaluations, never exceeded: the set-up's evaluations count, no iteration starts that
@@ -304,16 +313,18 @@ def msflow(
     fallback or backtracking trial that does not fit is skipped (too small a budget for
     the set-up is an error).  Options left at None take the defaults of
     ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None: from the operator's class)
-    tuned on the validation split at the image size nearest to the operator's
-    (``msflow_defaults.json``); ``mu`` None takes the family's
-    ``mu_noiseless`` or ``mu_noisy`` by whether a noise level is given.
+    tuned on the validation split at the image size nearest to the operator's and for its
+    mask kind (scattered inpainting masks have their own; ``msflow_defaults.json``);
+    ``mu`` None takes the family's ``mu_noiseless`` or ``mu_noisy`` by whether a noise
+    level is given.
     ``info["history"]`` holds F and its three parts per iteration, ``info["options"]`` the
     options used.
     """
     family = family_of(op, task_family)
     prob = model_problem(y, op, prior, noise_std)
     size = int(op.in_shape[-1])
-    o = resolve_options("msflow", family, size, shooting=shooting,
+    mask = mask_kind(op)
+    o = resolve_options("msflow", family, size, mask, shooting=shooting,
                         segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
                         mu_growth=mu_growth, mu_noisy=None, mu_noiseless=None)
     mu_noisy, mu_noiseless = o.pop("mu_noisy"), o.pop("mu_noiseless")
@@ -331,7 +342,9 @@ def msflow(
                                        "mu": [], "nfe": []}
     # x_init: the regularised pseudo-inverse argmin ‖Ax−y‖²/(2σ²) + (μ/2)‖x‖² (→ A⁺y as σ → 0)
     zero = torch.zeros(*prob.y.shape[:2], *op.in_shape, dtype=prob.y.dtype, device=prob.y.device)
-    setup = st.M * (1 + {"inverse": st.K, "noise": 0, "rollout": st.K - 1}[init])
+    setup = st.M * (1 + {"inverse": st.K, "noise": 0, "rollout": st.K - 1,
+                         "conjugate": st.K}[init])
+    setup += WARM_START_NFE if init == "conjugate" else 0
     if nfe is not None and int(nfe) < setup:
         raise MethodError(f"msflow needs nfe >= {setup} for its set-up (K = {st.K}, "
                           f"M = {st.M}, init {init!r}), got {nfe}")
@@ -341,7 +354,12 @@ def msflow(
     def room() -> float:
         return cap - (prior.nfe - nfe0)
 
-    x = prox_data(op, prob.y, zero, sigma, st.mu, tol=1e-6, maxiter=200)
+    if init == "conjugate":
+        warm = conjugate(y, op, prior=prior, noise_std=noise_std, seed=seed,
+                         nfe=WARM_START_NFE, task_family=family)
+        x = prior.to_model(warm.image).to(prob.y.dtype)
+    else:
+        x = prox_data(op, prob.y, zero, sigma, st.mu, tol=1e-6, maxiter=200)
     z = _initial_states(st, x, init, seed)
     phi = st.flow(z, list(range(st.K)))
 
@@ -382,7 +400,8 @@ def msflow(
         "sigma": sigma,
         "euler_steps": st.K * st.M,
         "options": {**o, "mu": float(mu), "task_family": family,
-                    "tuned_at_size": tuned_size("msflow", family, size)},
+                    "tuned_at_size": tuned_size("msflow", family, size),
+                    "tuned_mask": tuned_mask("msflow", family, mask)},
     }
     if x.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(x.device)
@@ -400,5 +419,5 @@ def _check_options(shooting: int, segment_steps: int, iters: int, mu: float, lam
                           "backtracks >= 0")
     if not (mu > 0 and lam >= 0 and eta > 0 and mu_growth >= 1.0):
         raise MethodError("msflow needs mu > 0, lam >= 0, eta > 0 and mu_growth >= 1")
-    if init not in ("inverse", "noise", "rollout"):
-        raise MethodError(f"msflow init must be 'inverse', 'noise' or 'rollout', got {init!r}")
+    if init not in INITS:
+        raise MethodError(f"msflow init must be one of {', '.join(INITS)}; got {init!r}")
