@@ -23,8 +23,8 @@ takes a ``task_family`` option gets the task's family (its tuned defaults).
 
 Tuning (validation split only): ``--tune FAMILY --tune-method msflow|dflow --grid JSON``
 runs every combination of the grid on ``--tasks`` × ``--images`` validation phantoms, picks
-the best mean PSNR (configurations within 0.1 dB of the best are tied: the fewest NFE,
-then the earliest in grid order, wins) and stores the chosen options,
+the best mean PSNR (configurations within 0.1 dB of the best are tied: a constant μ, then
+the fewest NFE, then the earliest in grid order, wins) and stores the chosen options,
 the command, the images and every grid score under that family in
 ``ctflow/solvers/msflow_defaults.json`` (tuned at a ``--size`` other than 64: under the
 family's ``sizes`` entry, whose options overlay the 64² ones for images nearest that
@@ -286,10 +286,13 @@ def tune(args: argparse.Namespace, prior) -> None:
         print(f"{json.dumps(opts)}: PSNR {score['psnr']:.2f} SSIM {score['ssim']:.3f} "
               f"{score['seconds']:.2f} s NFE {score['nfe']:.0f}", flush=True)
     best_psnr = max(r["psnr"] for r in results)
-    # ties: the cheaper in network evaluations, then the earlier grid point (seconds on a
-    # shared CPU are too noisy to decide between equal-cost settings)
+    # ties: a constant μ (a μ schedule makes the recorded objective rise at each μ change,
+    # and the objective must decrease monotonically), then the cheaper in network
+    # evaluations, then the earlier grid point (seconds on a shared CPU are too noisy to
+    # decide between equal-cost settings)
     tied = [i for i, r in enumerate(results) if r["psnr"] >= best_psnr - TIE_DB]
-    best = results[min(tied, key=lambda i: (results[i]["nfe"], i))]
+    best = results[min(tied, key=lambda i: (results[i]["options"].get("mu_growth", 1.0) != 1.0,
+                                            results[i]["nfe"], i))]
     chosen = dict(best["options"])
     if args.tune_method == "msflow" and "mu" in chosen:
         if len(noisy) != 1:

@@ -48,12 +48,11 @@ SR, blur and scattered-mask inpainting (31.99 against 29.78), "rollout" for box-
 
 Defaults per task family (K, M, iterations, μ for noiseless / noisy data, λ, init, η) are
 read from ``msflow_defaults.json``, where the tuning commands and grid scores are kept.
-A geometric μ schedule (μ ← γμ per iteration, ``mu_growth`` γ) was measured there (with the
-64² prior, before the init grids): validation PSNR for γ = 1 / 1.5 / 2 was 41.81 / 39.22 /
-37.94 dB on CT, 34.32 / 30.07 / 26.99 on noisy CT, 45.90 / 40.48 / 37.27 on blur and
-27.92 / 27.94 / 27.99 on SR, and for γ = 1 / 1.2 / 1.4 32.19 / 32.05 / 31.74 on inpainting.
-It is off everywhere but SR, where the three tie within 0.1 dB and γ = 2 needs the fewest
-evaluations (157 against 167 per image).
+A geometric μ schedule (μ ← γμ per iteration, ``mu_growth`` γ) was measured there and is off
+everywhere: validation PSNR for γ = 1 / 1.5 / 2 was 41.81 / 39.22 / 37.94 dB on CT, 34.32 /
+30.07 / 26.99 on noisy CT, 45.90 / 40.48 / 37.27 on blur (those three before the init
+grids) and 28.98 / 28.84 / 28.80 on SR, and for γ = 1 / 1.2 / 1.4 32.19 / 32.05 / 31.74 on
+inpainting.  (Ties would go to a constant μ: a schedule makes F rise at each μ change.)
 """
 
 from __future__ import annotations
