@@ -7,6 +7,7 @@ exact formula, so P = A⁺A is a true orthogonal projector (P² = P up to roundi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -94,7 +95,7 @@ class Inpainting(LinearOperator):
     def observed_fraction(self) -> float:
         return float(self.mask.float().mean())
 
-    @property
+    @functools.cached_property
     def edge_fraction(self) -> float:
         """Share of the missing pixels with at least one observed 4-neighbour (1.0 if none is
         missing): near 1 for scattered masks (70 % random: 0.78 at 64²), small for one box

@@ -27,11 +27,9 @@ from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, mask_kind, model_problem, seeded_noise
-from .conjugate import conjugate
-from .latent_reg import data_sigma, invert_euler, radial_reg, resolve_options
+from .latent_reg import data_sigma, invert_euler, radial_reg, resolve_options, warm_start
 from .latent_reg import task_family as family_of
 
-WARM_START_NFE = 5  # C-ΠGFM evaluations of init="conjugate"
 INITS = ("inverse", "noise", "conjugate")
 
 
@@ -85,9 +83,7 @@ def dflow(
     sigma = data_sigma(prob.y, prob.noise_std)
     nfe0 = prior.nfe
     if init == "conjugate":
-        warm = conjugate(y, op, prior=prior, noise_std=noise_std, seed=seed,
-                         nfe=WARM_START_NFE, task_family=family)
-        x_init = prior.to_model(warm.image).to(prob.y.dtype)
+        x_init = warm_start(y, op, prior, noise_std, seed, family).to(prob.y.dtype)
     else:
         with torch.no_grad():
             x_init = op.pinv(prob.y).to(prob.y.dtype)

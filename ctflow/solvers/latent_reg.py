@@ -29,6 +29,7 @@ import torch
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import TUNED_SIZE, check_family, nearest_size, operator_family
+from .conjugate import conjugate
 
 DEFAULTS_FILE = Path(__file__).with_name("msflow_defaults.json")
 
@@ -103,6 +104,18 @@ def euler_vjp(
     return a
 
 
+WARM_START_NFE = 5  # C-ΠGFM evaluations of init="conjugate" (MS-Flow, D-Flow)
+
+
+def warm_start(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | None,
+               seed: int, family: str | None) -> torch.Tensor:
+    """init="conjugate": the C-ΠGFM reconstruction at its tuned ``WARM_START_NFE`` defaults,
+    in model space (its evaluations count in ``prior.nfe``)."""
+    warm = conjugate(y, op, prior=prior, noise_std=noise_std, seed=seed,
+                     nfe=WARM_START_NFE, task_family=family)
+    return prior.to_model(warm.image).to(y.dtype)
+
+
 def invert_euler(prior: Prior, x1: torch.Tensor, grid: list[float], steps: int
                  ) -> list[torch.Tensor]:
     """Run the ODE backwards from x1 at t = grid[-1] to grid[0] with ``steps`` Euler steps per
@@ -133,10 +146,15 @@ def task_family(op: LinearOperator, given: str | None) -> str | None:
     return check_family(given) or operator_family(op)
 
 
+def _family_entry(method: str, family: str | None) -> dict[str, Any]:
+    """The family's entry of ``method`` in msflow_defaults.json ({} if it has none)."""
+    return _defaults_table()["methods"][method].get("families", {}).get(family or "", {})
+
+
 def tuned_size(method: str, family: str | None, size: int | None) -> int:
     """The tuned image size whose options serve an image of ``size``: the nearest of 64 and
     the family's ``sizes`` entries (the smaller on a tie; None: 64)."""
-    entry = _defaults_table()["methods"][method].get("families", {}).get(family or "", {})
+    entry = _family_entry(method, family)
     if size is None:
         return TUNED_SIZE
     return nearest_size({TUNED_SIZE, *(int(n) for n in entry.get("sizes", {}))}, size)
@@ -145,8 +163,8 @@ def tuned_size(method: str, family: str | None, size: int | None) -> int:
 def tuned_mask(method: str, family: str | None, mask: str | None) -> str | None:
     """``mask`` if the family has options tuned for that mask kind (``masks`` entry), else
     None."""
-    entry = _defaults_table()["methods"][method].get("families", {}).get(family or "", {})
-    return mask if mask is not None and mask in entry.get("masks", {}) else None
+    return mask if mask is not None and mask in _family_entry(method, family).get("masks", {}) \
+        else None
 
 
 def tuned_defaults(method: str, family: str | None, size: int | None = None,
@@ -155,10 +173,9 @@ def tuned_defaults(method: str, family: str | None, size: int | None = None,
     (tuned at 64²), by the family's options tuned at the size nearest to ``size``, then by
     those tuned for the operator's mask kind (``mask``, e.g. "scattered"; the mask kind
     decides more than the size, as for the guided samplers' records)."""
-    entry = _defaults_table()["methods"][method]
-    out = dict(entry["generic"])
+    out = dict(_defaults_table()["methods"][method]["generic"])
     if family is not None:
-        fam = entry.get("families", {}).get(family, {})
+        fam = _family_entry(method, family)
         out.update(fam.get("options", {}))
         nearest = tuned_size(method, family, size)
         if nearest != TUNED_SIZE:

@@ -67,8 +67,8 @@ from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, mask_kind, model_problem, seeded_noise
-from .conjugate import conjugate
 from .latent_reg import (
+    WARM_START_NFE,
     data_sigma,
     euler_flow,
     euler_vjp,
@@ -78,11 +78,11 @@ from .latent_reg import (
     resolve_options,
     tuned_mask,
     tuned_size,
+    warm_start,
 )
 from .latent_reg import task_family as family_of
 
 ARMIJO_C = 1e-4
-WARM_START_NFE = 5  # C-ΠGFM evaluations of init="conjugate"
 INITS = ("inverse", "noise", "rollout", "conjugate")
 
 
@@ -354,9 +354,7 @@ def msflow(
         return cap - (prior.nfe - nfe0)
 
     if init == "conjugate":
-        warm = conjugate(y, op, prior=prior, noise_std=noise_std, seed=seed,
-                         nfe=WARM_START_NFE, task_family=family)
-        x = prior.to_model(warm.image).to(prob.y.dtype)
+        x = warm_start(y, op, prior, noise_std, seed, family).to(prob.y.dtype)
     else:
         x = prox_data(op, prob.y, zero, sigma, st.mu, tol=1e-6, maxiter=200)
     z = _initial_states(st, x, init, seed)
