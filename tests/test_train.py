@@ -184,7 +184,8 @@ def test_torchrun_ddp_on_cpu_with_gloo(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
          "--nproc_per_node", "2", script, "--out", str(out), "--size", "16", "--net", "tiny",
          "--pool", "16", "--val-size", "0", "--steps", "4", "--batch-size", "4",
-         "--ckpt-every", "2", "--log-every", "2", "--threads", "1", "--no-progress"],
+         "--ckpt-every", "2", "--log-every", "2", "--threads", "1", "--no-progress",
+         "--device", "cpu"],  # also where a GPU is present (one GPU cannot host two ranks)
         capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = json.loads((out / "ema.json").read_text())

@@ -157,13 +157,19 @@ def _distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     """(rank, world size, device); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise InputError(
+            f"process {local_rank} of this node has no GPU of its own (torch sees "
+            f"{torch.cuda.device_count()}): start at most that many processes per node, "
+            "or train on the CPU with --device cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     if cfg.device not in ("auto", "cuda"):
         device = torch.device(cfg.device)
     elif cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
