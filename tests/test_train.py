@@ -192,3 +192,17 @@ def test_torchrun_ddp_on_cpu_with_gloo(tmp_path):
     assert cfg["training"]["world_size"] == 2 and cfg["training"]["steps"] == 4
     assert np.isfinite(cfg["training"]["final_loss"])
     assert len((out / "log.csv").read_text().splitlines()) == 3  # header + 2 rows, rank 0 only
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    """A second process on a one-GPU node must not pick a GPU that does not exist."""
+    from ctflow.priors import train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(InputError, match="no GPU of its own.*--device cpu"):
+        train_module._distributed(make_config({"device": "auto"}))
+    rank, world, device = train_module._distributed(make_config({"device": "cpu"}))
+    assert (rank, world, device.type) == (0, 1, "cpu")
