@@ -11,14 +11,15 @@
   mid-plane).  ASTRA's 3-D volume rows run along +y while its 2-D rows run along −y, so
   the image is flipped upside down on the way in and the back-projection on the way out.
   Measured on an H100 against ``matrix`` (smooth test images, 60 views, 64²–256²):
-  forward within 2e-4 (parallel) / 2.6e-2 (fan, other discretisation); but ASTRA's GPU
+  forward within 2e-4 (parallel) / 2.5e-2 (fan, other discretisation); but ASTRA's GPU
   back-projection is voxel-driven, so ``adjoint`` is NOT the transpose of ``forward``:
-  ‖Aᵀy − A_matᵀy‖/‖A_matᵀy‖ = 1.7–3.4e-2 (parallel; fan 0.51 until its cone
-  back-projection was divided by the magnification, which it carries), dot-product
-  mismatch on smooth vectors ≤ 5e-5 (parallel), against ~1e-8 for ``matrix``.
-  ``auto`` therefore uses ``matrix`` on CUDA tensors too (exact adjoint, and 18–1000×
-  the images per second of ``astra-cuda`` there, ``scripts/bench_operators.py``) and
-  falls back to ``astra-cuda`` only for geometries too large for the matrix.
+  ‖Aᵀy − A_matᵀy‖/‖A_matᵀy‖ = 1.7–3.4e-2 (parallel) and 4–8e-2 (fan, once ASTRA's cone
+  back-projection is divided by the magnification it carries; 0.51 without), dot-product
+  mismatch on smooth vectors ≤ 5e-5 (parallel), against ~1e-8 for ``matrix``
+  (``scripts/check_gpu_backends.py``).  ``auto`` therefore uses ``matrix`` on CUDA tensors
+  too (exact adjoint, and 18–1000× the images per second of ``astra-cuda`` there,
+  ``scripts/bench_operators.py``) and falls back to ``astra-cuda`` only for geometries
+  too large for the matrix.
 
 Projector models: parallel beam ``linear`` (Joseph), fan beam ``line_fanflat``.  Line
 integrals are in world units (mm), so with μ in 1/mm the sinogram is unitless.
