@@ -284,9 +284,7 @@ class AstraCudaBackend(ProjectionBackend):
         out = torch.zeros(ys.shape[0], 1, *self.geometry.image_shape, device=dev)
         for i in range(ys.shape[0]):
             self._bp(self.projector_id, out[i], ys[i])
-        out = out[:, 0].flip(-2)  # back to rows along −y
-        if self._bp_scale != 1.0:
-            out = out * self._bp_scale
+        out = out[:, 0].flip(-2) * self._bp_scale  # back to rows along −y
         return out.to(y.device, y.dtype)
 
     def __del__(self) -> None:

@@ -163,8 +163,9 @@ def tuned_size(method: str, family: str | None, size: int | None) -> int:
 def tuned_mask(method: str, family: str | None, mask: str | None) -> str | None:
     """``mask`` if the family has options tuned for that mask kind (``masks`` entry), else
     None."""
-    return mask if mask is not None and mask in _family_entry(method, family).get("masks", {}) \
-        else None
+    if mask is None or mask not in _family_entry(method, family).get("masks", {}):
+        return None
+    return mask
 
 
 def tuned_defaults(method: str, family: str | None, size: int | None = None,
