@@ -214,6 +214,48 @@ def test_coefficients_match_quadrature():
     assert float(sch.ib(hi) - sch.ib(lo)) == pytest.approx(quad(b_fn, 0.2, 0.9)[0], rel=1e-12)
 
 
+def test_stiff_steps_are_exact_and_reach_the_hard_projection_limit():
+    """Coefficients divided by the step's end scale (r1) stay finite and exact however stiff
+    the step: end-anchored adaptive quadrature agrees at w = 10⁵ (the old start-anchored form
+    overflowed float32 past w ≈ 2000, one 48-node rule was off past w ≈ 10⁴), and as w → ∞
+    they tend to the hard projection P x̂1 = ỹ: lin → 0, Ky → 1, Kv → 1 − t_{i+1}."""
+    grid = np.linspace(0.2, 1.0, 6)
+    w = 1e5
+    co = step_coefficients(grid, w, 0.0, kind="flow")
+    for i in range(len(grid) - 1):
+        a, b = grid[i], grid[i + 1]
+
+        def e_end(s, b=b):
+            return math.exp(-w * (kappa(b) - kappa(s)))
+
+        pts = [b - (b - a) * 10.0**-k for k in range(1, 9)]
+        one = quad(e_end, a, b, points=pts, limit=500, epsabs=0, epsrel=1e-12)[0]
+        c1 = quad(lambda s: w * s * (1 - s) ** 2 * e_end(s), a, b, points=pts, limit=500,
+                  epsabs=0, epsrel=1e-12)[0]
+        assert co.r1["one"][i] == pytest.approx(one, rel=1e-9)
+        assert co.r1["c1"][i] == pytest.approx(c1, rel=1e-9)
+    huge = step_coefficients(grid, 1e9, 0.0, kind="flow")
+    for name in ("lin", "one", "c", "c1"):
+        assert np.isfinite(huge.r1[name]).all()
+    assert np.abs(huge.r1["lin"]).max() == 0.0
+    np.testing.assert_allclose(huge.r1["c"][:-1], 1.0, atol=1e-6)
+    np.testing.assert_allclose(huge.r1["c1"][:-1], 1.0 - grid[1:-1], atol=1e-6)
+
+
+def test_saturated_guidance_is_finite_and_w_independent(toy):
+    """Past saturation, raising w changes nothing: the run is the hard-projection scheme
+    (before the end-anchored coefficients w = 3000 'diverged' by float32 overflow)."""
+    outs = [conjugate(toy.y, toy.op, prior=toy.prior, nfe=5, w=w, tau=0.2, lam=0.0).image
+            for w in (1e4, 1e6, 1e8)]
+    for out in outs:
+        assert torch.isfinite(out).all()
+    for out in outs[1:]:
+        assert float((out - outs[0]).norm() / outs[0].norm()) < 2e-3
+    # data consistency is exact in the limit: P x = ỹ at t = 1
+    p_out = toy.op.projector(outs[-1])
+    assert float((p_out - toy.op.pinv(toy.y)).norm() / p_out.norm()) < 1e-6
+
+
 def test_vp_grid_maps_linear_beta_times():
     grid = vp_grid(0.3, 5)
     assert grid[0] == pytest.approx(0.3) and grid[-1] == 1.0

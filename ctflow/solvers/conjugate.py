@@ -11,7 +11,11 @@ Conjugate variable x̄ = A_t x, A_t = exp(λt I + wκ(t) P) = e^{λt}[(I−P) + 
     x̄ ← (1 + λΔ) x̄ + E0 (I−P) v + E1 P v + Ky ŷ − Kv P v + KJ0 (I−P) g + Kv P g,
     x_{i+1} = A_{t_{i+1}}⁻¹ x̄
 
-with the float64 integrals of conjugate_coeffs.py.  Since A_t acts as a scalar on range(P)
+with the float64 integrals of conjugate_coeffs.py, applied already divided by A_{t_{i+1}}'s
+scales so that no step overflows.  As w·Δκ grows the update tends to the hard projection
+P x_{i+1} = ŷ − (1−t_{i+1}) P v (i.e. P x̂1 = ŷ with the frozen v): past w ≈ 10³ on the
+benchmark grids a larger w changes nothing (128² validation, 5 NFE: sr4 27.92 dB and blur
+34.74 dB at every w from 10³ to 10⁶).  Since A_t acts as a scalar on range(P)
 and on its complement, the state is kept as the pair (x_⊥ = (I−P)x, x_∥ = P x): the update
 then needs one P per vector it touches (P v, and P g with the Jacobian) and A_t⁻¹ is two
 scalar divisions.  Start: x(τ) = τ ỹ + (1−τ) z.  Cost: 1 NFE per step (jacobian=False,
@@ -187,7 +191,6 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
     with torch.no_grad():
         for i in it:
             t = float(coef.grid[i])
-            dt = float(coef.grid[i + 1] - t)
             n = _vp_norm(t) if vp else 1.0
             x = n * (u_par + u_perp)
             if jac:
@@ -203,23 +206,23 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
                 pg = P(g)
             else:
                 g = pg = None
-            lin = 1 + coef.lam * dt
-            k0 = {k: float(val[i]) for k, val in coef.k0.items()}
-            k1 = {k: float(val[i]) for k, val in coef.k1.items()}
+            # coefficients already divided by the step's end scale of A_t (see
+            # conjugate_coeffs.StepCoefficients.r0/r1): u_{i+1} = A_{t_{i+1}}⁻¹ ū_{i+1}
+            r0 = {k: float(val[i]) for k, val in coef.r0.items()}
+            r1 = {k: float(val[i]) for k, val in coef.r1.items()}
             if vp:
                 eps = x - t * v  # ε̂ = x − t v
                 peps = n * u_par - t * pv
-                new_perp = lin * u_perp + k0["eps"] * (eps - peps)
-                new_par = (lin * u_par + (k1["eps"] + k1["eps_p"]) * peps
-                           + k1["c"] * target)
+                new_perp = r0["lin"] * u_perp + r0["eps"] * (eps - peps)
+                new_par = (r1["lin"] * u_par + (r1["eps"] + r1["eps_p"]) * peps
+                           + r1["c"] * target)
             else:
-                new_perp = lin * u_perp + k0["one"] * (v - pv)
-                new_par = lin * u_par + (k1["one"] - k1["c1"]) * pv + k1["c"] * target
+                new_perp = r0["lin"] * u_perp + r0["one"] * (v - pv)
+                new_par = r1["lin"] * u_par + (r1["one"] - r1["c1"]) * pv + r1["c"] * target
             if jac:
-                new_perp = new_perp + k0["c1"] * (g - pg)
-                new_par = new_par + k1["c1"] * pg
-            u_perp = new_perp / float(coef.s0[i])
-            u_par = new_par / float(coef.s1[i])
+                new_perp = new_perp + r0["c1"] * (g - pg)
+                new_par = new_par + r1["c1"] * pg
+            u_perp, u_par = new_perp, new_par
             steps.append({
                 "t": t,
                 "residual": float(resid.norm() / target.norm().clamp_min(1e-12)),
