@@ -197,8 +197,7 @@ def _cached(grid: tuple[float, ...], w: float, lam: float, kind: str) -> StepCoe
         s1 = np.exp(log_e1(t[1:], t[:-1]))
     # end-anchored: log e(s, t_i) − log e(t_{i+1}, t_i) = log e(s, t_{i+1}) (≤ 0 where the
     # linear part contracts), so the ratios never form e^{+big}
-    hi1 = t[1:, None]
-    e0_end, e1_end = np.exp(log_e0(s, hi1)), np.exp(log_e1(s, hi1))
+    e0_end, e1_end = np.exp(log_e0(s, hi)), np.exp(log_e1(s, hi))
     lin = 1 + lam * np.diff(t)
     r0 = {name: np.sum(wq * f(s) * e0_end, axis=1) for name, f in sch.forcing.items()}
     r1 = {name: np.sum(wq * f(s) * e1_end, axis=1) for name, f in sch.forcing.items()}
