@@ -109,14 +109,22 @@ class StepCoefficients:
     w: float
     kind: str
     s0: np.ndarray  # e0(t_{i+1}): the (I−P) scale of the anchored map at the step's end
-    s1: np.ndarray  # e1(t_{i+1}): the P scale
-    k0: dict[str, np.ndarray]  # ∫ φ e0 per forcing name
-    k1: dict[str, np.ndarray]  # ∫ φ e1 per forcing name
-    # The same divided by the step's end scale, computed as one exponential each so that a
-    # stiff step (w·Δκ beyond float32's e^88) neither overflows nor loses precision: the
-    # update u_{i+1} = (1+λΔ)/s u_i + Σ (k/s) F is what the solvers apply.
-    r0: dict[str, np.ndarray]  # ∫ φ e0 / e0(t_{i+1}), plus "lin" = (1+λΔ)/e0(t_{i+1})
-    r1: dict[str, np.ndarray]  # ∫ φ e1 / e1(t_{i+1}), plus "lin" = (1+λΔ)/e1(t_{i+1})
+    s1: np.ndarray  # e1(t_{i+1}): the P scale (inf for a stiff step, w Δκ > 709)
+    # The integrals divided by the step's end scale, each formed as one exponential with
+    # exponent ≤ 0 so that a stiff step (w·Δκ beyond float32's e^88) neither overflows nor
+    # loses precision: u_{i+1} = lin·u_i + Σ r F is what the solvers apply.
+    r0: dict[str, np.ndarray]  # ∫ φ e0 / e0(t_{i+1}) per forcing name, "lin" = (1+λΔ)/e0(t_{i+1})
+    r1: dict[str, np.ndarray]  # ∫ φ e1 / e1(t_{i+1}) per forcing name, "lin" = (1+λΔ)/e1(t_{i+1})
+
+    @property
+    def k0(self) -> dict[str, np.ndarray]:
+        """∫ φ e0 per forcing name (start-anchored) = r0 · s0."""
+        return _times(self.r0, self.s0)
+
+    @property
+    def k1(self) -> dict[str, np.ndarray]:
+        """∫ φ e1 per forcing name (start-anchored) = r1 · s1 (inf for a stiff step)."""
+        return _times(self.r1, self.s1)
 
     @property
     def steps(self) -> int:
@@ -142,6 +150,11 @@ class StepCoefficients:
     @property
     def KJ0(self) -> np.ndarray:  # noqa: N802
         return self.k0["c1"]
+
+
+def _times(ratios: dict[str, np.ndarray], scale: np.ndarray) -> dict[str, np.ndarray]:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return {name: r * scale for name, r in ratios.items() if name != "lin"}
 
 
 def _schedule(kind: str, w: float) -> Schedule:
@@ -189,19 +202,15 @@ def _cached(grid: tuple[float, ...], w: float, lam: float, kind: str) -> StepCoe
     def log_e1(x, a):
         return log_e0(x, a) - (sch.ib(x) - sch.ib(a))
 
-    with np.errstate(over="ignore"):  # start-anchored: inf for a stiff step (w Δκ > 709)
-        e0, e1 = np.exp(log_e0(s, lo)), np.exp(log_e1(s, lo))
-        k0 = {name: np.sum(wq * f(s) * e0, axis=1) for name, f in sch.forcing.items()}
-        k1 = {name: np.sum(wq * f(s) * e1, axis=1) for name, f in sch.forcing.items()}
+    with np.errstate(over="ignore"):  # inf for a stiff step (w Δκ > 709)
         s0 = np.exp(log_e0(t[1:], t[:-1]))
         s1 = np.exp(log_e1(t[1:], t[:-1]))
     # end-anchored: log e(s, t_i) − log e(t_{i+1}, t_i) = log e(s, t_{i+1}) (≤ 0 where the
     # linear part contracts), so the ratios never form e^{+big}
-    e0_end, e1_end = np.exp(log_e0(s, hi)), np.exp(log_e1(s, hi))
     lin = 1 + lam * np.diff(t)
-    r0 = {name: np.sum(wq * f(s) * e0_end, axis=1) for name, f in sch.forcing.items()}
-    r1 = {name: np.sum(wq * f(s) * e1_end, axis=1) for name, f in sch.forcing.items()}
-    r0["lin"] = lin * np.exp(-log_e0(t[1:], t[:-1]))
-    r1["lin"] = lin * np.exp(-log_e1(t[1:], t[:-1]))
-    return StepCoefficients(grid=t, lam=lam, w=w, kind=kind, s0=s0, s1=s1, k0=k0, k1=k1,
-                            r0=r0, r1=r1)
+    r0, r1 = {}, {}
+    for r, log_e in ((r0, log_e0), (r1, log_e1)):
+        e_end = np.exp(log_e(s, hi))
+        r.update({name: np.sum(wq * f(s) * e_end, axis=1) for name, f in sch.forcing.items()})
+        r["lin"] = lin * np.exp(-log_e(t[1:], t[:-1]))
+    return StepCoefficients(grid=t, lam=lam, w=w, kind=kind, s0=s0, s1=s1, r0=r0, r1=r1)
