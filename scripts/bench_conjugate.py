@@ -313,44 +313,79 @@ def command_line() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--size", type=int, default=64,
+                   help="image size in pixels; replaces {size} in --prior (default: %(default)s)")
+    p.add_argument("--images", type=int, default=4,
+                   help="held-out phantoms per task, from --split (--tune: from the validation "
+                        "split) (default: %(default)s)")
     p.add_argument("--prior", default="default",
-                   help="prior name for ctflow.load_prior, or 'gaussian-fit' (smoke test)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=0)
+                   help="prior name for ctflow.load_prior ('{size}' in it: --size), or "
+                        "'gaussian-fit' (smoke test) (default: %(default)s)")
+    p.add_argument("--split", default="test",
+                   help="phantom split of the benchmark images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="solver seed; the noise of image i is seeded with i (default: %(default)s)")
     p.add_argument("--tasks", nargs="+", default=["ct30", "ct60", "ct30-1e5", "ct60-1e5",
                                                    "inpaint-box", "inpaint-random", "sr4",
-                                                   "blur"])
-    p.add_argument("--methods", nargs="+", default=[*GUIDED, "fbp", "tv"])
-    p.add_argument("--conj-nfe", nargs="+", type=int, default=[5, 10, 20])
-    p.add_argument("--vjp-nfe", nargs="*", type=int, default=[5, 10, 20])
-    p.add_argument("--base-nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100])
-    p.add_argument("--csv", help="also write the CSV rows to this file")
-    p.add_argument("--out", help="write the Markdown report (command at the top) here")
-    p.add_argument("--threads", type=int, default=1)
+                                                   "blur"],
+                   help="ctflow.tasks names benchmarked (not used by --tune) "
+                        "(default: %(default)s)")
+    p.add_argument("--methods", nargs="+", default=[*GUIDED, "fbp", "tv"],
+                   help="methods benchmarked (conjugate also gives the conjugate+vjp rows; fbp "
+                        "and tv run on CT tasks only) (default: %(default)s)")
+    p.add_argument("--conj-nfe", nargs="+", type=int, default=[5, 10, 20],
+                   help="NFE budgets of conjugate and conjugate-diffusion "
+                        "(default: %(default)s)")
+    p.add_argument("--vjp-nfe", nargs="*", type=int, default=[5, 10, 20],
+                   help="NFE budgets of conjugate+vjp (jacobian=True); none: no such rows "
+                        "(default: %(default)s)")
+    p.add_argument("--base-nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100],
+                   help="NFE budgets of the Euler baselines pigfm and otode "
+                        "(default: %(default)s)")
+    p.add_argument("--csv", help="also write the CSV rows (command and machine as '# ' lines) "
+                                 "to this file, input of --from-csv (default: none)")
+    p.add_argument("--out", help="write the Markdown report (command at the top) here "
+                                 "(default: print only)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (per worker) (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
-                   help="benchmark tasks in this many processes (s/image then shares cores)")
-    p.add_argument("--tune", action="store_true")
+                   help="benchmark tasks in this many processes (s/image then shares cores) "
+                        "(default: %(default)s)")
+    p.add_argument("--tune", action="store_true",
+                   help="grid-search the guided samplers on the validation split instead of "
+                        "benchmarking; prints the chosen settings")
     p.add_argument("--tune-methods", nargs="+", default=list(TUNE_VARIANTS),
-                   choices=list(TUNE_VARIANTS))
-    p.add_argument("--tune-nfe", nargs="+", type=int, default=[5, 20])
-    p.add_argument("--tune-base-nfe", nargs="+", type=int, default=[5, 20, 100])
-    p.add_argument("--tune-w", nargs="+", type=float, default=[10.0, 30.0, 100.0, 300.0])
-    p.add_argument("--tune-tau", nargs="+", type=float, default=[0.2, 0.4])
-    p.add_argument("--tune-gamma", nargs="+", type=float, default=[0.3, 1.0, 3.0, 10.0])
-    p.add_argument("--tune-t0", nargs="+", type=float, default=[0.2, 0.4])
+                   choices=list(TUNE_VARIANTS),
+                   help="sampler variants tuned (default: %(default)s)")
+    p.add_argument("--tune-nfe", nargs="+", type=int, default=[5, 20],
+                   help="NFE budgets tuned for the conjugate samplers (default: %(default)s)")
+    p.add_argument("--tune-base-nfe", nargs="+", type=int, default=[5, 20, 100],
+                   help="NFE budgets tuned for the Euler baselines pigfm and otode "
+                        "(default: %(default)s)")
+    p.add_argument("--tune-w", nargs="+", type=float, default=[10.0, 30.0, 100.0, 300.0],
+                   help="guidance weights w tried for C-ΠGFM / C-ΠGDM / ΠGFM "
+                        "(default: %(default)s)")
+    p.add_argument("--tune-tau", nargs="+", type=float, default=[0.2, 0.4],
+                   help="start times τ tried for C-ΠGFM / C-ΠGDM / ΠGFM (default: %(default)s)")
+    p.add_argument("--tune-gamma", nargs="+", type=float, default=[0.3, 1.0, 3.0, 10.0],
+                   help="guidance weights γ tried for OT-ODE (default: %(default)s)")
+    p.add_argument("--tune-t0", nargs="+", type=float, default=[0.2, 0.4],
+                   help="start times t0 tried for OT-ODE (default: %(default)s)")
     p.add_argument("--tune-rho-scale", nargs="+", type=float, default=[3.0, 10.0, 30.0, 100.0],
-                   help="noise weights κ tried on noisy tuning tasks (family ct-noisy)")
+                   help="noise weights κ tried on noisy tuning tasks (family ct-noisy) "
+                        "(default: %(default)s)")
     p.add_argument("--tune-lam", nargs="+", type=float, default=[0.0],
-                   help="λ values tried for C-ΠGFM / C-ΠGDM")
+                   help="λ values tried for C-ΠGFM / C-ΠGDM (default: %(default)s)")
     p.add_argument("--tune-families", nargs="+", default=list(FAMILY_TASK),
                    choices=[*FAMILY_TASK, *EXTRA_FAMILY_TASK],
-                   help="families to tune (default: all but inpainting-random, the "
-                        "scattered-mask records, tuned only when named)")
-    p.add_argument("--tune-out", help="write the tuning result (JSON) here")
+                   help="families tuned; inpainting-random (the scattered-mask records) only "
+                        "when named (default: %(default)s)")
+    p.add_argument("--tune-out", help="write the tuning result (JSON: grid scores and chosen "
+                                      "settings) here, input of --write-defaults "
+                                      "(default: none)")
     p.add_argument("--from-csv", nargs="+", metavar="CSV",
-                   help="merge the --csv files of partial runs into one report and exit")
+                   help="merge the --csv files of partial runs into one report (headed with "
+                        "this call's --size and --split) and exit")
     p.add_argument("--write-defaults", nargs="+", metavar="TUNE_JSON",
                    help="merge tuning results into conjugate_defaults.json and exit")
     args = p.parse_args(argv)

@@ -209,26 +209,47 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--method", choices=["msflow", "dflow"], default="msflow")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--sizes", default="64,128")
-    p.add_argument("--step-list", default="8,16,32,64,128")
-    p.add_argument("--iters", type=int, default=1, help="solver iterations per point")
+    p.add_argument("--method", choices=["msflow", "dflow"], default="msflow",
+                   help="solver of one --worker point; the sweep uses --methods "
+                        "(default: %(default)s)")
+    p.add_argument("--size", type=int, default=64,
+                   help="image size of one --worker point; the sweep uses --sizes "
+                        "(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=8,
+                   help="total Euler steps of one --worker point; the sweep uses --step-list "
+                        "(default: %(default)s)")
+    p.add_argument("--sizes", default="64,128",
+                   help="image sizes in pixels swept, comma-separated (default: %(default)s)")
+    p.add_argument("--step-list", default="8,16,32,64,128",
+                   help="total Euler steps swept, comma-separated (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=1,
+                   help="solver iterations per point (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3,
-                   help="fresh subprocesses per point; the median increment is reported")
-    p.add_argument("--methods", default="msflow,dflow", help="methods to measure")
-    p.add_argument("--shooting", type=int, default=4, help="MS-Flow K (fixed)")
+                   help="fresh subprocesses per point; the median increment is reported "
+                        "(default: %(default)s)")
+    p.add_argument("--methods", default="msflow,dflow",
+                   help="methods to measure, comma-separated (default: %(default)s)")
+    p.add_argument("--shooting", type=int, default=4,
+                   help="MS-Flow K (fixed; steps/K Euler steps per segment) "
+                        "(default: %(default)s)")
     p.add_argument("--eta", type=float, default=1.0, help="MS-Flow Jacobian-free step scale "
-                   "(a large value forces the exact-gradient fallback: worst-case memory)")
-    p.add_argument("--preset", default="tiny", help="ctflow.priors.unet preset")
+                   "(a large value forces the exact-gradient fallback: worst-case memory) "
+                   "(default: %(default)s)")
+    p.add_argument("--preset", default="tiny",
+                   help="ctflow.priors.unet preset of the random network (default: %(default)s)")
     p.add_argument("--channels", default="8,16",
                    help="override block_out_channels ('' keeps the preset's); the default "
-                   "keeps a 128-step D-Flow at 128² within a few GiB and minutes on a CPU")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(ROOT / "docs" / "msflow_memory.png"))
-    p.add_argument("--csv", default=None, help="also write the CSV table here")
+                   "keeps a 128-step D-Flow at 128² within a few GiB and minutes on a CPU "
+                   "(default: %(default)s)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device; cpu measures peak RSS, cuda peak allocated memory "
+                        "(default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per worker (default: %(default)s)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "msflow_memory.png"),
+                   help="PNG plot of the increments (default: docs/msflow_memory.png of the "
+                        "source tree)")
+    p.add_argument("--csv", default=None, help="also write the CSV table here (default: none)")
     args = p.parse_args()
     if args.worker:
         worker(args)

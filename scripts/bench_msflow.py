@@ -129,31 +129,52 @@ def run_method(problem, method: str, prior, seed: int, opts: dict[str, Any],
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--images", type=int, default=4)
-    p.add_argument("--split", default="test")
-    p.add_argument("--prior", default="default", help="prior name/path, or 'gaussian'")
-    p.add_argument("--tasks", nargs="+", default=list(SOLVER_BENCH_TASKS))
+    p.add_argument("--size", type=int, default=64,
+                   help="image size in pixels (default: %(default)s)")
+    p.add_argument("--images", type=int, default=4,
+                   help="held-out phantoms per task (default: %(default)s)")
+    p.add_argument("--split", default="test",
+                   help="phantom split of the images; --tune needs val (default: %(default)s)")
+    p.add_argument("--prior", default="default",
+                   help="prior name/path, or 'gaussian' (fitted smoke-test prior) "
+                        "(default: %(default)s)")
+    p.add_argument("--tasks", nargs="+", default=list(SOLVER_BENCH_TASKS),
+                   help="ctflow.tasks names; --tune: all of family FAMILY "
+                        "(default: %(default)s)")
     p.add_argument("--methods", nargs="+",
                    default=["msflow", "dflow", BUDGET, "conjugate", "tv", "fbp"],
-                   help=f"{BUDGET}: MS-Flow capped at a third of D-Flow's wall time (list it "
-                        "after msflow and dflow)")
-    p.add_argument("--msflow-opts", default="{}", help="JSON options for msflow")
-    p.add_argument("--dflow-opts", default="{}", help="JSON options for dflow")
-    p.add_argument("--conjugate-opts", default="{}", help="JSON options for conjugate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--csv", default=None, help="also write the CSV rows here")
-    p.add_argument("--markdown", default=None, help="also write the whole report here")
-    p.add_argument("--jobs", type=int, default=1, help="tasks run in parallel processes")
+                   help=f"methods benchmarked, fbp and tv on CT tasks only; {BUDGET}: MS-Flow "
+                        "capped at a third of D-Flow's wall time (list it after msflow and "
+                        "dflow) (default: %(default)s)")
+    p.add_argument("--msflow-opts", default="{}",
+                   help="JSON options for msflow and msflow-budget, over the tuned ones "
+                        "(default: %(default)s)")
+    p.add_argument("--dflow-opts", default="{}",
+                   help="JSON options for dflow, over the tuned ones (default: %(default)s)")
+    p.add_argument("--conjugate-opts", default="{}",
+                   help="JSON options for conjugate, over the tuned ones (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="image i's noise and solver seed is seed + i (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per job (default: %(default)s)")
+    p.add_argument("--csv", default=None, help="also write the CSV rows here (default: none)")
+    p.add_argument("--markdown", default=None,
+                   help="also write the whole report here (default: none)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="tasks run in parallel processes (default: %(default)s)")
     p.add_argument("--tune", default=None, metavar="FAMILY",
-                   help="tune this family's defaults on --split (must be 'val')")
-    p.add_argument("--tune-method", default="msflow", choices=["msflow", "dflow"])
-    p.add_argument("--grid", default="{}", help="tuning grid: JSON {option: [values]}")
-    p.add_argument("--fixed", default="{}", help="tuning: JSON options held fixed")
+                   help="tune this family's defaults on --split (must be 'val') and store them "
+                        "in msflow_defaults.json instead of benchmarking")
+    p.add_argument("--tune-method", default="msflow", choices=["msflow", "dflow"],
+                   help="solver tuned by --tune (default: %(default)s)")
+    p.add_argument("--grid", default="{}",
+                   help="tuning grid: JSON {option: [values]} (default: %(default)s)")
+    p.add_argument("--fixed", default="{}",
+                   help="tuning: JSON options held fixed (default: %(default)s)")
     p.add_argument("--tune-mask", default=None, choices=[SCATTERED],
                    help="tuning: store the options for this inpainting mask kind only (the "
-                        "family's 'masks' entry; every --tasks mask must be of that kind)")
+                        "family's 'masks' entry; every --tasks mask must be of that kind; "
+                        f"needs --size {TUNED_SIZE}) (default: all mask kinds)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -155,12 +155,18 @@ def print_table(rows: list[dict], csv: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--views", type=int, nargs="+", default=[30, 60, 180])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256],
+                        help="image sizes in pixels (default: %(default)s)")
+    parser.add_argument("--views", type=int, nargs="+", default=[30, 60, 180],
+                        help="numbers of projection views (default: %(default)s)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16],
+                        help="batch sizes; skimage runs at batch 1 only (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--min-time", type=float, default=0.3,
-                        help="keep repeating (up to 5 times) until this many seconds")
+                        help="seconds of timed calls per measurement: at least 2 repeats, then "
+                             "more until this many seconds, at most 5 (skimage 3) "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()

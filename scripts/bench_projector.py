@@ -105,15 +105,26 @@ def _impulse(size: int) -> torch.Tensor:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--operator", choices=("ct", "blur"), default="ct")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--views", type=int, default=60)
-    p.add_argument("--images", type=int, default=4)
-    p.add_argument("--prior", default="default")
-    p.add_argument("--tols", type=float, nargs="+", default=[1e-2, 1e-4, 1e-6])
+    p.add_argument("--operator", choices=("ct", "blur"), default="ct",
+                   help="ct: CG tolerances vs truncated SVD of a parallel-beam projector; "
+                        "blur: FFT truncation thresholds of the blur task (default: %(default)s)")
+    p.add_argument("--size", type=int, default=64,
+                   help="image size in pixels (blur: σ = size/64) (default: %(default)s)")
+    p.add_argument("--views", type=int, default=60,
+                   help="parallel-beam views (ct only) (default: %(default)s)")
+    p.add_argument("--images", type=int, default=4,
+                   help="held-out test phantoms for the PSNR (default: %(default)s)")
+    p.add_argument("--prior", default="default",
+                   help="prior name or checkpoint path (default: %(default)s)")
+    p.add_argument("--tols", type=float, nargs="+", default=[1e-2, 1e-4, 1e-6],
+                   help="CGLS tolerances of the CG route, each with at most 1000 iterations "
+                        "(ct only) (default: %(default)s)")
     p.add_argument("--thresholds", type=float, nargs="+",
-                   default=[1e-2, 1e-3, 1e-4, 1e-5, 3e-6, 1e-6, 1e-7])
-    p.add_argument("--threads", type=int, default=1)
+                   default=[1e-2, 1e-3, 1e-4, 1e-5, 3e-6, 1e-6, 1e-7],
+                   help="FFT truncation thresholds: |H| < threshold·max|H| counts as zero "
+                        "(blur only) (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     prior = ctflow.load_prior(args.prior)

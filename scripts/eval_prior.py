@@ -70,16 +70,28 @@ def write_grid(path: Path, top: np.ndarray, bottom: np.ndarray,
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prior", default="default", help="prior name or checkpoint path")
-    p.add_argument("--n", type=int, default=64, help="held-out phantoms for (a)")
-    p.add_argument("--t", type=float, default=0.5, help="flow time of the denoising test")
+    p.add_argument("--prior", default="default",
+                   help="prior name or checkpoint path (default: %(default)s)")
+    p.add_argument("--n", type=int, default=64,
+                   help="held-out test phantoms: denoised in (a), real HU histogram in (b) "
+                        "(default: %(default)s)")
+    p.add_argument("--t", type=float, default=0.5,
+                   help="flow time of the denoising test (default: %(default)s)")
     p.add_argument("--train-stats", type=int, default=2000,
-                   help="training phantoms for the per-pixel mean/variance")
-    p.add_argument("--samples", type=int, default=16, help="unconditional samples for (b)")
-    p.add_argument("--nfe", type=int, default=50, help="Euler steps per sample")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--png", type=Path, default=None, help="write a sample grid here")
+                   help="training phantoms for the per-pixel mean/variance "
+                        "(default: %(default)s)")
+    p.add_argument("--samples", type=int, default=16,
+                   help="unconditional samples for (b) (default: %(default)s)")
+    p.add_argument("--nfe", type=int, default=50,
+                   help="Euler steps per sample (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the untrained network's weights, the denoising noise and the "
+                        "samples (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--png", type=Path, default=None,
+                   help="write a grid of up to 8 samples above real phantoms here "
+                        "(default: none)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

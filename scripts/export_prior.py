@@ -65,7 +65,8 @@ def main() -> int:
     parser.add_argument("name", help="prior name, e.g. phantom-64")
     parser.add_argument("--default", action="store_true", help="make it the default prior")
     parser.add_argument("--out", type=Path, default=None,
-                        help="priors folder (default: data/priors of the source tree)")
+                        help="priors folder (default: $CTFLOW_PRIORS_DIR if set, else "
+                             "data/priors of the source tree)")
     args = parser.parse_args()
     try:
         weights = export(args.run_dir, args.name, args.default, args.out or priors_dir())

@@ -44,6 +44,8 @@ def make(out: Path) -> list[Path]:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "data" / "examples")
+    parser.add_argument("--out", type=Path, default=ROOT / "data" / "examples",
+                        help="folder the examples are written to (default: data/examples of "
+                             "the source tree)")
     for path in make(parser.parse_args().out):
         print(f"{path.stat().st_size:>9} bytes  {path.name}")

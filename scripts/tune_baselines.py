@@ -152,15 +152,23 @@ def write_atomic(path: Path, table: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prior", default="default", help="prior name or path")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=3, help="validation images per family")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--prior", default="default",
+                        help="prior name or path (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=64,
+                        help="image size in pixels of the validation phantoms "
+                             "(default: %(default)s)")
+    parser.add_argument("--images", type=int, default=3,
+                        help="validation images per task of a family (default: %(default)s)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="baselines tuned (default: %(default)s)")
     parser.add_argument("--families", nargs="+", default=list(TUNING_FAMILIES),
                         choices=TUNING_FAMILIES,
-                        help="ct-noisy: ct60-1e5, the defaults of CT calls with noisy data")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dry-run", action="store_true", help="print the results only")
+                        help="families tuned; ct-noisy: ct60-1e5, the defaults of CT calls "
+                             "with noisy data (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the merged defaults only, write nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     prior = ctflow.load_prior(args.prior)
