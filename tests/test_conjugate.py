@@ -288,6 +288,13 @@ def test_conjugate_map_inverse_and_projector(op):
         assert float((back - x).norm() / x.norm()) < 1e-6 * cond
 
 
+def test_conjugate_map_refuses_scales_outside_float64():
+    op = _operators()[0]
+    ConjugateMap(op.projector, 1.0, 4000.0, 0.0)  # wκ(1) = 666.7: still representable
+    with pytest.raises(ValueError, match="outside float64"):
+        ConjugateMap(op.projector, 1.0, 5000.0, 0.0)
+
+
 def test_nfe_is_counted_and_budget_respected(toy):
     out = conjugate(toy.y, toy.op, prior=toy.prior, nfe=5, jacobian=False)
     assert out.nfe == 5 and len(out.info["grid"]) == 6

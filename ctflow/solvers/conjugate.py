@@ -62,13 +62,24 @@ BETA_MIN, BETA_MAX = 0.1, 20.0
 
 
 class ConjugateMap:
-    """A_t = a·(I − P) + b·P for scalars a = e^{λt}, b = e^{λt + wκ(t)} (one P per use)."""
+    """A_t = a·(I − P) + b·P for scalars a = e^{λt}, b = e^{λt + wκ(t)} (one P per use).
+
+    The explicit map is for checks (A_t⁻¹A_t = I); the solver never forms it.  Its scales
+    leave float64 once |λt + wκ(t)| > 700 (w ≳ 4000 at t = 1), which is refused with a
+    ValueError rather than an overflow."""
+
+    MAX_EXPONENT = 700.0
 
     def __init__(self, projector, t: float, w: float, lam: float):
         k = t * t / 2 - t**3 / 3
+        exponents = (lam * t, lam * t + w * k)
+        if max(abs(e) for e in exponents) > self.MAX_EXPONENT:
+            raise ValueError(
+                f"A_t's scale e^{max(exponents, key=abs):.4g} is outside float64 "
+                f"(t={t}, w={w}, λ={lam}); the solver's end-anchored coefficients handle this w")
         self.P = projector
-        self.a = math.exp(lam * t)
-        self.b = math.exp(lam * t + w * k)
+        self.a = math.exp(exponents[0])
+        self.b = math.exp(exponents[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x̄ = A_t x = a x + (b − a) P x."""
