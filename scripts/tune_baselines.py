@@ -170,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the merged defaults only, write nothing")
     args = parser.parse_args(argv)
+    old = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+    tuned_size = old.get("tuning", {}).get("image_size", args.size)
+    if tuned_size != args.size and not args.dry_run:
+        parser.exit(2, f"tune_baselines: {DEFAULTS_FILE.name} holds one setting per family, "
+                       f"tuned at {tuned_size}²; tuning at {args.size}² would mix the two "
+                       "(use --dry-run to see the result)\n")
     torch.set_num_threads(args.threads)
     prior = ctflow.load_prior(args.prior)
     start = time.perf_counter()
@@ -177,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuning took {time.perf_counter() - start:.0f} s")
     command = "python scripts/tune_baselines.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--dry-run")
-    old = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
     table = merged_table(old, results, command.strip(), args.prior, args.size, args.images)
     if args.dry_run:
         print(json.dumps(table["methods"], indent=1))

@@ -362,3 +362,13 @@ def test_tuning_choice_and_merge():
     assert table["methods"]["flower"] == old["methods"]["flower"]  # untouched
     assert table["tuning"]["psnr"]["dps"] == rows
     assert table["tuning"]["split"] == "val"
+
+
+def test_tuning_at_another_size_is_refused_before_any_work():
+    tb = _tuning_script()
+    before = bd.DEFAULTS_FILE.read_bytes()
+    size = json.loads(before)["tuning"]["image_size"]
+    with pytest.raises(SystemExit) as stop:
+        tb.main(["--size", str(2 * size), "--prior", "no-such-prior"])  # refused before loading
+    assert stop.value.code == 2
+    assert bd.DEFAULTS_FILE.read_bytes() == before
