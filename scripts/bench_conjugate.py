@@ -114,7 +114,8 @@ def solve(problem, method: str, prior, seed: int, **opts: Any) -> dict[str, Any]
     out: dict[str, Any] = evaluate(hu, problem.gt_hu)
     params = res.info.get("params", {})
     out.update(seconds=res.seconds, nfe=res.nfe,
-               setting=" ".join(f"{SHOWN[k]}={params[k]:g}" for k in SHOWN if k in params))
+               setting=" ".join(f"{SHOWN[k]}={params[k]:g}" for k in SHOWN if k in params)
+               + (" order=2" if params.get("order", 1) == 2 else ""))
     return out
 
 
@@ -238,7 +239,8 @@ def tune(args, prior) -> dict[str, Any]:
     (variant, family, NFE).  A diverged setting scores −inf."""
     images = heldout_images(args.size, args.images, split="val")
     grids = {"w": args.tune_w, "tau": args.tune_tau, "gamma": args.tune_gamma,
-             "t0": args.tune_t0, "rho_scale": args.tune_rho_scale, "lam": args.tune_lam}
+             "t0": args.tune_t0, "rho_scale": args.tune_rho_scale, "lam": args.tune_lam,
+             "order": args.tune_order}
     grid_log: list[dict[str, Any]] = []
     chosen: list[dict[str, Any]] = []
     for family in args.tune_families:
@@ -252,6 +254,8 @@ def tune(args, prior) -> dict[str, Any]:
                 names = (*names, "rho_scale")
             if method.startswith("conjugate"):  # λ of the conjugate map (--tune-lam)
                 names = (*names, "lam")
+                if args.tune_order != [1]:  # order 2: multistep (--tune-order)
+                    names = (*names, "order")
             budgets = args.tune_nfe if method.startswith("conjugate") else args.tune_base_nfe
             for nfe in budgets:
                 best: tuple[float, dict[str, float]] | None = None
@@ -376,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: %(default)s)")
     p.add_argument("--tune-lam", nargs="+", type=float, default=[0.0],
                    help="λ values tried for C-ΠGFM / C-ΠGDM (default: %(default)s)")
+    p.add_argument("--tune-order", nargs="+", type=int, default=[1], choices=[1, 2],
+                   help="integrator orders tried for C-ΠGFM / C-ΠGDM: 1 = network output frozen "
+                        "per step (as derived), 2 = multistep (linear through the last two "
+                        "steps, same NFE); records then name their order (default: %(default)s)")
     p.add_argument("--tune-families", nargs="+", default=list(FAMILY_TASK),
                    choices=[*FAMILY_TASK, *EXTRA_FAMILY_TASK],
                    help="families tuned; inpainting-random (the scattered-mask records) only "

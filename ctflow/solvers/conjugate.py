@@ -21,6 +21,14 @@ then needs one P per vector it touches (P v, and P g with the Jacobian) and A_t�
 scalar divisions.  Start: x(τ) = τ ỹ + (1−τ) z.  Cost: 1 NFE per step (jacobian=False,
 J_x̂1 ≈ I as in the official code) or 2 (forward + VJP).
 
+Order 2 (``order=2``; an extension — the derivation freezes the network output, order 1).
+From the second step on, every frozen vector F ∈ {v, ŷ_t, g} (ε̂, ŷ_t, g for C-ΠGDM) is
+taken linear in time through the last two steps, F(s) = F_i + (s − t_i) D,
+D = (F_i − F_{i−1})/(t_i − t_{i−1}), and integrated exactly against the same integrating
+factor: the update gains M0 (I−P) D + M1 P D per forcing term, with the first-moment
+integrals M of conjugate_coeffs.py.  No extra NFE; second order in the step for λ = 0
+(the λ ū term stays explicit Euler), the first step first order.
+
 C-ΠGDM.  The same flow prior is a VP diffusion: α = t/n, σ = (1−t)/n, n = √(t² + (1−t)²),
 x_vp = u = x/n, ε̂ = x − t v.  ΠGDM guidance with weight w_t = w r_t² α_t² on the VP
 probability-flow ODE gives, in flow time,
@@ -104,6 +112,7 @@ def conjugate(
     tau: float | None = None,
     jacobian: bool | None = None,
     rho_scale: float | None = None,
+    order: int | None = None,
     task_family: str | None = None,
 ) -> SolverOutput:
     """C-ΠGFM (see module docstring).  ``nfe`` is the budget: nfe steps (jacobian=False) or
@@ -112,13 +121,16 @@ def conjugate(
     unless ``task_family``), the jacobian setting and the largest tuned budget ≤ nfe.
     ``noise_std`` None or 0: noiseless (ŷ = A⁺y); else the noise-aware target with weight
     ``rho_scale`` (guidance.GuidanceTarget) and the records tuned on noisy data if any.
+    ``order`` 1 (frozen per step, as derived) or 2 (multistep, see the module docstring);
+    a tuned record may set it.
     jacobian=True has its own tuned (w, τ) but is not the default: with the trained 64²
     prior at 5 NFE (2 steps) it scored −4.1 (ct60), −2.6 (inpaint-box), −0.1 (sr4) and
     −7.3 dB (blur) against jacobian=False on the validation images; at 20 NFE +0.2, 0.0,
     +0.7 and −3.8 dB, for twice the cost per step."""
     opts = resolve_options("conjugate", op, task_family, nfe=nfe, noisy=bool(noise_std),
                            w=w, lam=lam, tau=tau, rho_scale=rho_scale,
-                           jacobian=jacobian)
+                           jacobian=jacobian, order=order)
+    _check_order(opts)
     tau = check_unit_interval("tau", opts["tau"])
     steps = steps_for_budget(nfe, 2 if opts["jacobian"] else 1)
     grid = uniform_grid(tau, steps)
@@ -140,6 +152,7 @@ def conjugate_diffusion(
     tau: float | None = None,
     jacobian: bool | None = None,
     rho_scale: float | None = None,
+    order: int | None = None,
     task_family: str | None = None,
 ) -> SolverOutput:
     """C-ΠGDM (see module docstring): conjugate integration of the ΠGDM-guided VP
@@ -147,12 +160,19 @@ def conjugate_diffusion(
     ``tau`` (flow time of the start, > 0) and the other options as in :func:`conjugate`."""
     opts = resolve_options("conjugate-diffusion", op, task_family, nfe=nfe, noisy=bool(noise_std),
                            w=w, lam=lam, tau=tau, rho_scale=rho_scale,
-                           jacobian=jacobian)
+                           jacobian=jacobian, order=order)
+    _check_order(opts)
     tau = check_unit_interval("tau", opts["tau"], low_open=True)
     steps = steps_for_budget(nfe, 2 if opts["jacobian"] else 1)
     grid = vp_grid(tau, steps)
     coef = step_coefficients(grid, opts["w"], opts["lam"], kind="vp")
     return _run(y, op, prior, noise_std, seed, progress, opts, coef, vp=True)
+
+
+def _check_order(opts: dict[str, Any]) -> None:
+    if opts.get("order", 1) not in (1, 2):
+        raise MethodError(f"order must be 1 (frozen per step) or 2 (multistep), "
+                          f"got {opts['order']!r}")
 
 
 def vp_alpha(s: np.ndarray) -> np.ndarray:
@@ -193,6 +213,8 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
     u = x / scale
     u_par = P(u)
     u_perp = u - u_par
+    order = int(opts.get("order", 1))
+    prev: dict[str, torch.Tensor] = {}  # the previous step's frozen vectors (order 2)
     steps: list[dict[str, float]] = []
     it = range(coef.steps)
     if progress:
@@ -233,6 +255,13 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
             if jac:
                 new_perp = new_perp + r0["c1"] * (g - pg)
                 new_par = new_par + r1["c1"] * pg
+            frozen = {"f": eps if vp else v, "pf": peps if vp else pv, "target": target}
+            if jac:
+                frozen.update(g=g, pg=pg)
+            if order == 2 and prev:
+                slope = _slopes(frozen, prev, t - float(coef.grid[i - 1]))
+                new_perp, new_par = _add_slopes(new_perp, new_par, slope, coef, i, vp)
+            prev = frozen
             u_perp, u_par = new_perp, new_par
             steps.append({
                 "t": t,
@@ -245,13 +274,37 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
         x = u_par + u_perp  # n(1) = 1
     info = {
         "grid": [float(t) for t in coef.grid],
-        "params": {k: opts[k] for k in ("w", "lam", "tau", "jacobian", "rho_scale",
+        "params": {k: opts.get(k) for k in ("w", "lam", "tau", "jacobian", "rho_scale", "order",
                                          "task_family", "tuned_at_nfe",
                                          "tuned_at_size")},
         "steps": steps,
         "noise_std_model": problem.noise_std,
     }
     return SolverOutput(image=problem.to_physical(x), nfe=prior.nfe - nfe0, info=info)
+
+
+def _slopes(now: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
+            dt: float) -> dict[str, torch.Tensor]:
+    """D = (F(t_i) − F(t_{i−1}))/(t_i − t_{i−1}) for each frozen vector F."""
+    return {k: (now[k] - before[k]) / dt for k in now}
+
+
+def _add_slopes(new_perp: torch.Tensor, new_par: torch.Tensor, d: dict[str, torch.Tensor],
+                coef: StepCoefficients, i: int, vp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order-2 terms: the frozen vectors taken linear over the step, F(s) = F(t_i) + (s−t_i)D,
+    add the first-moment integrals M0 (I−P) D + M1 P D of each forcing term."""
+    m0 = {k: float(val[i]) for k, val in coef.m0.items()}
+    m1 = {k: float(val[i]) for k, val in coef.m1.items()}
+    if vp:
+        new_perp = new_perp + m0["eps"] * (d["f"] - d["pf"])
+        new_par = new_par + (m1["eps"] + m1["eps_p"]) * d["pf"] + m1["c"] * d["target"]
+    else:
+        new_perp = new_perp + m0["one"] * (d["f"] - d["pf"])
+        new_par = new_par + (m1["one"] - m1["c1"]) * d["pf"] + m1["c"] * d["target"]
+    if "g" in d:
+        new_perp = new_perp + m0["c1"] * (d["g"] - d["pg"])
+        new_par = new_par + m1["c1"] * d["pg"]
+    return new_perp, new_par
 
 
 def _vp_norm(t: float) -> float:

@@ -18,6 +18,10 @@ and dū/ds = λ ū + A(s) Σ φ_j F_j.  One step (λū by explicit Euler, the re
     K0_j = ∫_{t_i}^{t_{i+1}} φ_j(s) e0(s) ds,   K1_j = ∫_{t_i}^{t_{i+1}} φ_j(s) e1(s) ds,
     u_{i+1} = A(t_{i+1})⁻¹ ū_{i+1} = (I − P) ū_{i+1} / e0(t_{i+1}) + P ū_{i+1} / e1(t_{i+1}).
 
+For the second-order (multistep) variant the F_j vary linearly over the step,
+F_j(s) = F_j(t_i) + (s − t_i) D_j, which adds M0_j (I − P) D_j + M1_j P D_j with the first
+moments M0_j = ∫ φ_j(s)(s − t_i) e0(s) ds, M1_j = ∫ φ_j(s)(s − t_i) e1(s) ds.
+
 Two parameterisations (``kind``):
 
 * ``"flow"`` (C-ΠGFM, u = x, v frozen): a = 0, b = −c(t), c(t) = w·t(1−t), so
@@ -115,6 +119,10 @@ class StepCoefficients:
     # loses precision: u_{i+1} = lin·u_i + Σ r F is what the solvers apply.
     r0: dict[str, np.ndarray]  # ∫ φ e0 / e0(t_{i+1}) per forcing name, "lin" = (1+λΔ)/e0(t_{i+1})
     r1: dict[str, np.ndarray]  # ∫ φ e1 / e1(t_{i+1}) per forcing name, "lin" = (1+λΔ)/e1(t_{i+1})
+    # First moments, for forcing vectors that vary linearly over the step (order 2):
+    # ∫ φ(s)(s − t_i) e(s) ds / e(t_{i+1}) per forcing name.
+    m0: dict[str, np.ndarray]
+    m1: dict[str, np.ndarray]
 
     @property
     def k0(self) -> dict[str, np.ndarray]:
@@ -208,9 +216,13 @@ def _cached(grid: tuple[float, ...], w: float, lam: float, kind: str) -> StepCoe
     # end-anchored: log e(s, t_i) − log e(t_{i+1}, t_i) = log e(s, t_{i+1}) (≤ 0 where the
     # linear part contracts), so the ratios never form e^{+big}
     lin = 1 + lam * np.diff(t)
-    r0, r1 = {}, {}
-    for r, log_e in ((r0, log_e0), (r1, log_e1)):
+    r0, r1, m0, m1 = {}, {}, {}, {}
+    for r, m, log_e in ((r0, m0, log_e0), (r1, m1, log_e1)):
         e_end = np.exp(log_e(s, hi))
-        r.update({name: np.sum(wq * f(s) * e_end, axis=1) for name, f in sch.forcing.items()})
+        for name, f in sch.forcing.items():
+            weighted = wq * f(s) * e_end
+            r[name] = np.sum(weighted, axis=1)
+            m[name] = np.sum(weighted * (s - lo), axis=1)
         r["lin"] = lin * np.exp(-log_e(t[1:], t[:-1]))
-    return StepCoefficients(grid=t, lam=lam, w=w, kind=kind, s0=s0, s1=s1, r0=r0, r1=r1)
+    return StepCoefficients(grid=t, lam=lam, w=w, kind=kind, s0=s0, s1=s1, r0=r0, r1=r1,
+                            m0=m0, m1=m1)
