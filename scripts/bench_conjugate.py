@@ -24,10 +24,13 @@ each budget of ``--tune-nfe`` (conjugate
 samplers) / ``--tune-base-nfe`` (Euler baselines).  Every method gets a grid of the same
 size: (w, τ) for conjugate, conjugate+vjp, conjugate-diffusion and pigfm, (γ, t0) for
 otode; where ``--tune-lam`` gives the conjugate samplers a λ axis, the recorded commands
-give the Euler baselines as many more τ / t0 values.  The family ``inpainting-random``
-(inpaint-random, tuned only when named) gives records tagged ``"mask": "scattered"``,
-which serve scattered masks (``Inpainting.scattered``) only.  All grid scores and the best
-setting per (method, jacobian, family, noisy, mask kind, NFE) go to ``--tune-out``;
+give the Euler baselines as many more τ / t0 values.  ``--tune-order 1 2`` adds the
+integrator order (1 = as derived, 2 = multistep) as one more conjugate axis; it is a
+property of the integrator, not a guidance setting, so the baselines get no counterpart.
+The family ``inpainting-random`` (inpaint-random, tuned only when named) gives records
+tagged ``"mask": "scattered"``, which serve scattered masks (``Inpainting.scattered``) only.
+All grid scores and the best setting per (method, jacobian, family, noisy, mask kind, NFE)
+go to ``--tune-out``;
 ``--write-defaults A.json B.json …`` merges such files into
 ctflow/solvers/conjugate_defaults.json.
 """
@@ -142,6 +145,8 @@ def bench_task(task_name: str, args, prior) -> list[dict[str, Any]]:
     images = heldout_images(args.size, args.images, split=args.split)
     task = get_task(task_name)
     problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
+    for p in problems:  # build (or load) each exact projector before anything is timed
+        p.op.projector(p.op.pinv(p.y))
     for label, method, opts in runs(task_name, args):
         scores = [solve(p, method, prior, args.seed, **opts) for p in problems]
         row = {"task": task_name, "size": args.size, "method": label,

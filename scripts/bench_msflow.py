@@ -243,6 +243,7 @@ def bench_task(job: tuple[argparse.Namespace, str, dict[str, dict[str, Any]]]
     scores: dict[str, list[dict[str, float]]] = defaultdict(list)
     for i, gt in enumerate(images):
         problem = task.problem(gt, seed=args.seed + i)
+        problem.op.projector(problem.op.pinv(problem.y))  # built (or loaded) before timing
         for method in args.methods:
             if method in CLASSICAL_ON_CT and task.family != "ct":
                 continue
