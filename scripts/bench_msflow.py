@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 import ctflow
+from ctflow.bench import warm_projector
 from ctflow.errors import CtflowError
 from ctflow.metrics import evaluate
 from ctflow.priors import GaussianPrior
@@ -243,7 +244,7 @@ def bench_task(job: tuple[argparse.Namespace, str, dict[str, dict[str, Any]]]
     scores: dict[str, list[dict[str, float]]] = defaultdict(list)
     for i, gt in enumerate(images):
         problem = task.problem(gt, seed=args.seed + i)
-        problem.op.projector(problem.op.pinv(problem.y))  # built (or loaded) before timing
+        warm_projector(problem.op)  # built (or loaded) before anything is timed
         for method in args.methods:
             if method in CLASSICAL_ON_CT and task.family != "ct":
                 continue

@@ -234,33 +234,22 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
             px1 = n * u_par + (1 - t) * pv  # P x̂1 = P x + (1−t) P v
             target = data.at(px1, t)
             resid = target - px1
+            if vp:  # ε̂ = x − t v, P ε̂
+                frozen = {"f": x - t * v, "pf": n * u_par - t * pv, "target": target}
+            else:
+                frozen = {"f": v, "pf": pv, "target": target}
             if jac:
                 g = vjp(resid)
-                pg = P(g)
-            else:
-                g = pg = None
+                frozen.update(g=g, pg=P(g))
             # coefficients already divided by the step's end scale of A_t (see
             # conjugate_coeffs.StepCoefficients.r0/r1): u_{i+1} = A_{t_{i+1}}⁻¹ ū_{i+1}
-            r0 = {k: float(val[i]) for k, val in coef.r0.items()}
-            r1 = {k: float(val[i]) for k, val in coef.r1.items()}
-            if vp:
-                eps = x - t * v  # ε̂ = x − t v
-                peps = n * u_par - t * pv
-                new_perp = r0["lin"] * u_perp + r0["eps"] * (eps - peps)
-                new_par = (r1["lin"] * u_par + (r1["eps"] + r1["eps_p"]) * peps
-                           + r1["c"] * target)
-            else:
-                new_perp = r0["lin"] * u_perp + r0["one"] * (v - pv)
-                new_par = r1["lin"] * u_par + (r1["one"] - r1["c1"]) * pv + r1["c"] * target
-            if jac:
-                new_perp = new_perp + r0["c1"] * (g - pg)
-                new_par = new_par + r1["c1"] * pg
-            frozen = {"f": eps if vp else v, "pf": peps if vp else pv, "target": target}
-            if jac:
-                frozen.update(g=g, pg=pg)
-            if order == 2 and prev:
+            r0, r1 = _at(coef.r0, i), _at(coef.r1, i)
+            new_perp, new_par = _add_forcing(r0["lin"] * u_perp, r1["lin"] * u_par, r0, r1,
+                                             frozen, vp)
+            if order == 2 and prev:  # F(s) = F_i + (s − t_i) D: the first-moment terms
                 slope = _slopes(frozen, prev, t - float(coef.grid[i - 1]))
-                new_perp, new_par = _add_slopes(new_perp, new_par, slope, coef, i, vp)
+                new_perp, new_par = _add_forcing(new_perp, new_par, _at(coef.m0, i),
+                                                 _at(coef.m1, i), slope, vp)
             prev = frozen
             u_perp, u_par = new_perp, new_par
             steps.append({
@@ -289,22 +278,28 @@ def _slopes(now: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
     return {k: (now[k] - before[k]) / dt for k in now}
 
 
-def _add_slopes(new_perp: torch.Tensor, new_par: torch.Tensor, d: dict[str, torch.Tensor],
-                coef: StepCoefficients, i: int, vp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order-2 terms: the frozen vectors taken linear over the step, F(s) = F(t_i) + (s−t_i)D,
-    add the first-moment integrals M0 (I−P) D + M1 P D of each forcing term."""
-    m0 = {k: float(val[i]) for k, val in coef.m0.items()}
-    m1 = {k: float(val[i]) for k, val in coef.m1.items()}
+def _at(coefficients: dict[str, np.ndarray], i: int) -> dict[str, float]:
+    """Step i's value of each named coefficient."""
+    return {k: float(val[i]) for k, val in coefficients.items()}
+
+
+def _add_forcing(perp: torch.Tensor, par: torch.Tensor, k0: dict[str, float],
+                 k1: dict[str, float], f: dict[str, torch.Tensor], vp: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """perp + Σ_j K0_j (I−P) F_j and par + Σ_j K1_j P F_j over the forcing terms, for one
+    set of per-step coefficients: the integrals r (F frozen) or the first moments m (F its
+    slope D, order 2).  f holds F = v (ε̂ for vp) and P F as "f", "pf", the target ŷ_t, and
+    g, P g with the Jacobian."""
     if vp:
-        new_perp = new_perp + m0["eps"] * (d["f"] - d["pf"])
-        new_par = new_par + (m1["eps"] + m1["eps_p"]) * d["pf"] + m1["c"] * d["target"]
+        perp = perp + k0["eps"] * (f["f"] - f["pf"])
+        par = par + (k1["eps"] + k1["eps_p"]) * f["pf"] + k1["c"] * f["target"]
     else:
-        new_perp = new_perp + m0["one"] * (d["f"] - d["pf"])
-        new_par = new_par + (m1["one"] - m1["c1"]) * d["pf"] + m1["c"] * d["target"]
-    if "g" in d:
-        new_perp = new_perp + m0["c1"] * (d["g"] - d["pg"])
-        new_par = new_par + m1["c1"] * d["pg"]
-    return new_perp, new_par
+        perp = perp + k0["one"] * (f["f"] - f["pf"])
+        par = par + (k1["one"] - k1["c1"]) * f["pf"] + k1["c"] * f["target"]
+    if "g" in f:
+        perp = perp + k0["c1"] * (f["g"] - f["pg"])
+        par = par + k1["c1"] * f["pg"]
+    return perp, par
 
 
 def _vp_norm(t: float) -> float:
