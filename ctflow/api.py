@@ -73,6 +73,8 @@ def reconstruct(
     start = time.perf_counter()
     out = solve(y, op, prior=prior_obj, noise_std=noise_std, seed=seed, progress=progress,
                 **options)
+    if out.image.is_cuda:  # CUDA runs asynchronously: time the finished work
+        torch.cuda.synchronize(out.image.device)
     seconds = time.perf_counter() - start
     return Reconstruction(image=out.image, nfe=out.nfe, seconds=seconds, method=method,
                           info=out.info)

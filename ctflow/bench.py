@@ -486,7 +486,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                             problem.gt_hu)
             if any(SOLVERS[m].needs_prior for m in group):
                 try:
-                    warm_projector(problem.op)
+                    warm_projector(problem.op, device)
                 except (CtflowError, OperatorInputError, GeometryError):
                     pass  # the solve that needs it records the error
             for method in group:
@@ -518,12 +518,12 @@ def _grouped(pending: list[tuple]) -> Iterator[tuple[tuple, list[str]]]:
         yield current, methods
 
 
-def warm_projector(op: LinearOperator) -> None:
+def warm_projector(op: LinearOperator, device: torch.device | str = "cpu") -> None:
     """Build (or load from the cache) the exact projector P that the flow methods use, so
     that a geometry's one-off set-up is not timed or measured as the first solve's
-    (P applied to a zero image: the SVD route builds its factors, the CG route returns at
-    once)."""
-    op.projector(torch.zeros(1, 1, *op.in_shape))
+    (P applied to a zero image on ``device``: the SVD route builds its factors and copies
+    them there, the CG route returns at once)."""
+    op.projector(torch.zeros(1, 1, *op.in_shape, device=device))
 
 
 def _solve_one(problem: Problem, task: BenchTask, size: int, image: int, seed: int,

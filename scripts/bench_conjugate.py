@@ -108,7 +108,8 @@ def fitted_gaussian_prior(size: int, count: int = 1024) -> ctflow.priors.Gaussia
 def solve(problem, method: str, prior, seed: int, **opts: Any) -> dict[str, Any] | None:
     """Reconstruct one problem; metrics on HU, or None if the method failed (e.g. diverged)."""
     try:
-        res = ctflow.reconstruct(problem.y, problem.op, method=method, prior=prior,
+        res = ctflow.reconstruct(problem.y.to(prior.device), problem.op, method=method,
+                                 prior=prior,
                                  noise_std=problem.noise_std or None, seed=seed, **opts)
     except CtflowError as exc:
         print(f"  [{method} {opts}] failed: {exc}", file=sys.stderr)
@@ -149,7 +150,9 @@ def bench_task(task_name: str, args, prior) -> list[dict[str, Any]]:
     task = get_task(task_name)
     problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
     for p in problems:  # build (or load) each exact projector before anything is timed
-        warm_projector(p.op)
+        warm_projector(p.op, prior.device)
+    if prior.device.type == "cuda":  # CUDA start-up and kernel selection are not timed
+        solve(problems[0], "conjugate", prior, args.seed, nfe=2)
     for label, method, opts in runs(task_name, args):
         scores = [solve(p, method, prior, args.seed, **opts) for p in problems]
         row = {"task": task_name, "size": args.size, "method": label,
@@ -197,8 +200,10 @@ def bench(args, prior) -> list[dict[str, Any]]:
 def load(args):
     """The prior named by --prior ('gaussian-fit': the fitted smoke-test prior)."""
     if args.prior == "gaussian-fit":
+        if args.device != "cpu":
+            raise SystemExit("bench_conjugate: --prior gaussian-fit runs on the CPU only")
         return fitted_gaussian_prior(args.size)
-    return ctflow.load_prior(args.prior.replace("{size}", str(args.size)))
+    return ctflow.load_prior(args.prior.replace("{size}", str(args.size)), device=args.device)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -289,14 +294,32 @@ def tune(args, prior) -> dict[str, Any]:
                                "psnr_val": round(best[0], 3),
                                **({"noisy": True} if noisy else {}),
                                **({"mask": mask} if mask else {})})
+                if args.tune_out:  # each finished (variant, family, NFE) block is kept
+                    save_tuning(args, grids, chosen, grid_log)
+    return tuning_result(args, grids, chosen, grid_log)
+
+
+def tuning_result(args, grids: dict[str, list], chosen: list[dict[str, Any]],
+                  grid_log: list[dict[str, Any]]) -> dict[str, Any]:
     return {"command": command_line(), "prior": args.prior,
             "images": f"heldout_images({args.size}, {args.images}, split='val')",
             "grids": {n: grids[n] for n in grids}, "chosen": chosen, "grid": grid_log}
 
 
+def save_tuning(args, grids: dict[str, list], chosen: list[dict[str, Any]],
+                grid_log: list[dict[str, Any]]) -> None:
+    """Write the tuning result so far to --tune-out (temp file + rename)."""
+    out = Path(args.tune_out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(tuning_result(args, grids, chosen, grid_log), indent=1,
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out)
+
+
 def write_defaults(files: list[str]) -> None:
     """Merge tune-result files into conjugate_defaults.json (records replaced per key, each
-    keeping the command of the tuning run that chose it; atomic replace)."""
+    keeping the command of the tuning run that chose it; runs no record names any more are
+    dropped; atomic replace)."""
     table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
     runs_meta = table.setdefault("tuning", [])
     for name in files:
@@ -314,6 +337,9 @@ def write_defaults(files: list[str]) -> None:
         runs_meta[:] = [m for m in runs_meta if m["command"] != result["command"]]
         runs_meta.append({k: result[k] for k in ("command", "prior", "images", "grids",
                                                   "grid")})
+    in_use = {r["tuned_by"] for entry in table["methods"].values()
+              for r in entry.get("tuned", [])}
+    runs_meta[:] = [m for m in runs_meta if m["command"] in in_use]  # drop replaced runs
     tmp = DEFAULTS_FILE.with_name(DEFAULTS_FILE.name + ".tmp")
     tmp.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(DEFAULTS_FILE)
@@ -360,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "(default: print only)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (per worker) (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the prior and the solves, e.g. 'cuda' (TF32 off, so "
+                        "that scores match the CPU's to float32 rounding; s/image then times "
+                        "the GPU) (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="benchmark tasks in this many processes (s/image then shares cores) "
                         "(default: %(default)s)")
@@ -410,17 +440,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.from_csv:
         return merge_reports(args)
+    if args.device != "cpu":
+        if args.workers > 1:
+            p.error("--workers > 1 runs on the CPU only")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            p.error(f"--device {args.device}: no CUDA GPU is available")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(args.threads)
     prior = load(args)
     machine = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                f"{args.threads} thread(s) × {args.workers} worker(s), prior {args.prior}")
+    if args.device != "cpu":
+        machine += f", device {torch.cuda.get_device_name(args.device)}"
     print(f"machine: {machine}", file=sys.stderr)
     start = time.perf_counter()
     if args.tune:
         result = tune(args, prior)
-        text = json.dumps(result, indent=1, ensure_ascii=False)
-        if args.tune_out:
-            Path(args.tune_out).write_text(text + "\n", encoding="utf-8")
         print(json.dumps(result["chosen"], indent=1, ensure_ascii=False))
         print(f"\ntotal {time.perf_counter() - start:.0f} s", file=sys.stderr)
         return 0
@@ -471,7 +507,9 @@ def write_report(rows: list[dict[str, Any]], commands: list[str], machine: str, 
         f"Machine: {machine}.  Each guided sampler runs at its own validation-tuned "
         "defaults (ctflow/solvers/conjugate_defaults.json, column *setting*); "
         "`+vjp` = jacobian=True (forward + VJP per step, so NFE/2 steps).  "
-        "PSNR is mean ± std over the images; s/image shares 2 busy CPU cores.",
+        "PSNR is mean ± std over the images; "
+        + ("s/image shares 2 busy CPU cores." if args.device == "cpu" else
+           "s/image is GPU time (synchronised), after one untimed warm-up solve."),
         tuning_summary(), markdown(rows), targets(rows),
         "\n```csv\n" + to_csv(rows) + "```\n"])
     print(report)

@@ -153,8 +153,8 @@ GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
 
 def test_tuned_defaults_are_the_validation_argmax():
     """Every guided sampler has its own records for every family at 5 NFE, each the best
-    score of the validation grid of the run that chose it (same grid size for every
-    method, per noise setting and mask kind)."""
+    score of the validation grid of the run that chose it; the methods compared on one
+    problem (family, image size, noise setting, mask kind) had grids of the same size."""
     from ctflow.solvers.common import FAMILIES
 
     table = _tuning_table()
@@ -176,8 +176,9 @@ def test_tuned_defaults_are_the_validation_argmax():
                                         bool(g.get("noisy")), g.get("mask"), g["nfe"])
                     == (variant, rec["family"], record_size(rec), noisy, mask, rec["nfe"])]
             if not rec["jacobian"]:  # the methods compared with each other
-                sizes.setdefault((noisy, mask), set()).add(len(rows))
-            names = [k for k in ("w", "tau", "gamma", "t0", "rho_scale", "lam") if k in rec
+                sizes.setdefault((rec["family"], record_size(rec), noisy, mask),
+                                 set()).add(len(rows))
+            names = [k for k in ("w", "tau", "gamma", "t0", "rho_scale", "lam", "order") if k in rec
                      and any(k in g for g in rows)]
             same = [g for g in rows if all(g[k] == rec[k] for k in names)]
             assert len(same) == 1 and same[0]["psnr_val"] == rec["psnr_val"], rec
@@ -256,3 +257,50 @@ def test_scattered_masks_take_their_own_records(monkeypatch):
              for m in (box, scattered)]
     assert [(o["w"], o["lam"]) for o in picks] == [(1.0, 0.0), (2.0, -1.0)]
     assert guidance.tuned_record("conjugate", "ct", False, 5, mask="scattered")["w"] == 3.0
+
+
+def _bench_conjugate_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_conjugate.py"
+    spec = importlib.util.spec_from_file_location("bench_conjugate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path, monkeypatch):
+    """bench_conjugate --tune: one record per budget, the best of its grid, saved to
+    --tune-out; --write-defaults replaces the record and drops runs no record names."""
+    bc = _bench_conjugate_script()
+    out = tmp_path / "tune.json"
+    assert bc.main(["--tune", "--size", "16", "--prior", "gaussian-fit", "--images", "1",
+                    "--tune-families", "inpainting", "--tune-methods", "pigfm",
+                    "--tune-base-nfe", "2", "3", "--tune-w", "1", "3", "--tune-tau", "0.2",
+                    "--tune-out", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert [len([g for g in result["grid"] if g["nfe"] == k]) for k in (2, 3)] == [2, 2]
+    for rec in result["chosen"]:
+        rows = [g for g in result["grid"] if g["nfe"] == rec["nfe"]]
+        assert rec["psnr_val"] == max(g["psnr_val"] for g in rows)
+        assert rec["size"] == 16 and rec["method"] == "pigfm"
+    table = {"methods": {"pigfm": {"tuned": [
+        {"family": "inpainting", "size": 16, "jacobian": False, "nfe": 2, "w": 9.0,
+         "tuned_by": "old run"}]}}, "tuning": [{"command": "old run", "grid": []}]}
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text(json.dumps(table), encoding="utf-8")
+    monkeypatch.setattr(bc, "DEFAULTS_FILE", defaults)
+    assert bc.main(["--write-defaults", str(out)]) == 0
+    merged = json.loads(defaults.read_text(encoding="utf-8"))
+    assert [r["nfe"] for r in merged["methods"]["pigfm"]["tuned"]] == [2, 3]
+    assert all(r["tuned_by"] == result["command"] for r in merged["methods"]["pigfm"]["tuned"])
+    assert [run["command"] for run in merged["tuning"]] == [result["command"]]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_bench_on_a_missing_gpu_is_refused_before_any_work():
+    bc = _bench_conjugate_script()
+    with pytest.raises(SystemExit) as stop:
+        bc.main(["--device", "cuda", "--prior", "no-such-prior"])
+    assert stop.value.code == 2
