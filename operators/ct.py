@@ -108,8 +108,8 @@ class CTOperator(LinearOperator):
         if self.projection_method == "cg":
             return super().pinv(y, tol=tol, maxiter=maxiter)
         self._check_out(y)
-        with torch.no_grad():
-            return self.svd().inverse_gram(self.adjoint(y))
+        with torch.no_grad():  # float64 throughout: Σ⁻² amplifies the rounding of Aᵀy too
+            return self.svd().inverse_gram(self.adjoint(y.to(torch.float64))).to(y.dtype)
 
     def projector(self, x: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
         """P x = A⁺ A x (V_k V_kᵀ x for the SVD route)."""
