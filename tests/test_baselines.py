@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from _scripts import load_script
 
 import ctflow
 from ctflow.errors import MethodError
@@ -336,19 +337,8 @@ def test_flower_sigma_and_floor():
     assert clean.info["sigma_model"] == pytest.approx(bd.SIGMA_FLOOR_REL * 0.5)
 
 
-def _tuning_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_baselines.py"
-    spec = importlib.util.spec_from_file_location("tune_baselines", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tuning_choice_and_merge():
-    tb = _tuning_script()
+    tb = load_script("tune_baselines")
     rows = {"ct": [{"options": {"zeta": 1.0}, "psnr": 20.0},
                    {"options": {"zeta": 2.0}, "psnr": 25.0}],
             "sr": [{"options": {"zeta": 1.0}, "psnr": 30.0},
@@ -365,7 +355,7 @@ def test_tuning_choice_and_merge():
 
 
 def test_tuning_at_another_size_is_refused_before_any_work():
-    tb = _tuning_script()
+    tb = load_script("tune_baselines")
     before = bd.DEFAULTS_FILE.read_bytes()
     size = json.loads(before)["tuning"]["image_size"]
     with pytest.raises(SystemExit) as stop:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _scripts import load_script
 
 import ctflow
 from ctflow.errors import MethodError
@@ -338,13 +339,7 @@ def test_cli_passes_the_ct_family(tmp_path, monkeypatch) -> None:
 def test_bench_budget_fits_a_third_of_dflow_time() -> None:
     """bench_msflow's msflow-budget cap: a third of D-Flow's seconds at MS-Flow's measured
     seconds per NFE, with the 10 % margin."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_msflow.py"
-    spec = importlib.util.spec_from_file_location("bench_msflow", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench_msflow")
     # MS-Flow: 100 NFE in 4 s (0.04 s/NFE); D-Flow: 6 s → a third is 2 s → 50 NFE → 45
     assert module.budget_nfe({"seconds": 4.0, "nfe": 100.0}, {"seconds": 6.0, "nfe": 200.0}) == 45
     cap = module.budget_nfe({"seconds": 3.0, "nfe": 76.0}, {"seconds": 6.28, "nfe": 204.0})

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 from scipy.integrate import solve_ivp
 
 import ctflow
@@ -259,21 +260,10 @@ def test_scattered_masks_take_their_own_records(monkeypatch):
     assert guidance.tuned_record("conjugate", "ct", False, 5, mask="scattered")["w"] == 3.0
 
 
-def _bench_conjugate_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_conjugate.py"
-    spec = importlib.util.spec_from_file_location("bench_conjugate", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path, monkeypatch):
     """bench_conjugate --tune: one record per budget, the best of its grid, saved to
     --tune-out; --write-defaults replaces the record and drops runs no record names."""
-    bc = _bench_conjugate_script()
+    bc = load_script("bench_conjugate")
     out = tmp_path / "tune.json"
     assert bc.main(["--tune", "--size", "16", "--prior", "gaussian-fit", "--images", "1",
                     "--tune-families", "inpainting", "--tune-methods", "pigfm",
@@ -300,7 +290,7 @@ def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path, monkeypat
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_bench_on_a_missing_gpu_is_refused_before_any_work():
-    bc = _bench_conjugate_script()
+    bc = load_script("bench_conjugate")
     with pytest.raises(SystemExit) as stop:
         bc.main(["--device", "cuda", "--prior", "no-such-prior"])
     assert stop.value.code == 2
