@@ -440,10 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.from_csv:
         return merge_reports(args)
-    if args.device != "cpu":
+    if args.device != "cpu":  # otherwise CUDA: the GPU name heads the report
+        if not args.device.startswith("cuda"):
+            p.error(f"--device {args.device}: 'cpu' or 'cuda[:N]'")
         if args.workers > 1:
             p.error("--workers > 1 runs on the CPU only")
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             p.error(f"--device {args.device}: no CUDA GPU is available")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
