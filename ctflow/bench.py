@@ -519,11 +519,15 @@ def _grouped(pending: list[tuple]) -> Iterator[tuple[tuple, list[str]]]:
 
 
 def warm_projector(op: LinearOperator, device: torch.device | str = "cpu") -> None:
-    """Build (or load from the cache) the exact projector P that the flow methods use, so
-    that a geometry's one-off set-up is not timed or measured as the first solve's
-    (P applied to a zero image on ``device``: the SVD route builds its factors and copies
-    them there, the CG route returns at once)."""
-    op.projector(torch.zeros(1, 1, *op.in_shape, device=device))
+    """Build (or load from the cache) what the flow methods use of an operator — the exact
+    projector P, the pseudo-inverse A⁺ and the normal-equation solve — so that a geometry's
+    one-off set-up is not timed or measured as the first solve's.  All three are applied to
+    zeros on ``device``: the SVD route builds its factors and their float32 and float64
+    copies there (A⁺ and the solves run in float64), the CG route returns at once."""
+    image = torch.zeros(1, 1, *op.in_shape, device=device)
+    op.projector(image)
+    op.pinv(torch.zeros(1, 1, *op.out_shape, device=device))
+    op.solve_normal(image, 1.0)
 
 
 def _solve_one(problem: Problem, task: BenchTask, size: int, image: int, seed: int,

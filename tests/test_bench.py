@@ -275,3 +275,21 @@ def test_bad_config_values(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         run_bench(BenchConfig(methods=["cgls"], tasks=["ct15"], size=16, images=1,
                               out=tmp_path / "missing" / "deeper"), progress=False)
+
+
+def test_warm_projector_builds_every_factor_copy_the_solvers_use(private_cache):
+    """After the warm-up, A⁺y, P x and the normal-equation solve (the float32 and float64
+    SVD factors, kept and kept + tail) add no copy: nothing of the set-up is timed."""
+    from ctflow.bench import warm_projector
+    from ctflow.operators import ParallelBeam2D
+
+    op = ParallelBeam2D(image_size=16, views=12)
+    warm_projector(op)
+    copies = set(op.svd()._copies)
+    cpu = torch.device("cpu")
+    assert {(cpu, torch.float32, False), (cpu, torch.float64, False),
+            (cpu, torch.float64, True)} <= copies
+    x = torch.rand(2, 1, 16, 16)
+    y = op(x)
+    op.projector(x), op.pinv(y), op.solve_normal(op.adjoint(y), 0.1)
+    assert set(op.svd()._copies) == copies
