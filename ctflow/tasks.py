@@ -130,10 +130,12 @@ SOLVER_BENCH_TASKS = ("ct30", "ct60", "ct30-1e5", "ct60-1e5", "inpaint-box",
                       "inpaint-random", "sr4", "blur")
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=2)
 def task_operator(name: str, size: int) -> LinearOperator:
     """The operator of a task at a size, built once and shared by all its problems (a CT
-    operator keeps its system matrix and projector factors, so they are loaded once)."""
+    operator keeps its system matrix and projector factors, so they are loaded once).  Only
+    the last two are kept: at 128² one CT operator holds 3–4 GB of SVD factors (float32 and
+    float64 copies), and the benchmarks go task by task."""
     return get_task(name).build(size)
 
 
