@@ -33,6 +33,7 @@ import json
 import os
 import re
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -518,16 +519,24 @@ def _grouped(pending: list[tuple]) -> Iterator[tuple[tuple, list[str]]]:
         yield current, methods
 
 
+_WARMED: weakref.WeakKeyDictionary[LinearOperator, set[str]] = weakref.WeakKeyDictionary()
+
+
 def warm_projector(op: LinearOperator, device: torch.device | str = "cpu") -> None:
     """Build (or load from the cache) what the flow methods use of an operator — the exact
     projector P, the pseudo-inverse A⁺ and the normal-equation solve — so that a geometry's
     one-off set-up is not timed or measured as the first solve's.  All three are applied to
     zeros on ``device``: the SVD route builds its factors and their float32 and float64
-    copies there (A⁺ and the solves run in float64), the CG route returns at once."""
+    copies there (A⁺ and the solves run in float64), the CG route returns at once.  Once
+    per operator and device: the tasks share one operator across their images."""
+    done = _WARMED.setdefault(op, set())
+    if str(device) in done:
+        return
     image = torch.zeros(1, 1, *op.in_shape, device=device)
     op.projector(image)
     op.pinv(torch.zeros(1, 1, *op.out_shape, device=device))
     op.solve_normal(image, 1.0)
+    done.add(str(device))
 
 
 def _solve_one(problem: Problem, task: BenchTask, size: int, image: int, seed: int,

@@ -57,6 +57,7 @@ import ctflow
 import ctflow.priors
 from ctflow.bench import warm_projector
 from ctflow.errors import CtflowError
+from ctflow.io.atomic import atomic_file
 from ctflow.metrics import evaluate
 from ctflow.solvers.common import TUNED_SIZE
 from ctflow.solvers.guidance import DEFAULTS_FILE, record_size
@@ -309,11 +310,9 @@ def tuning_result(args, grids: dict[str, list], chosen: list[dict[str, Any]],
 def save_tuning(args, grids: dict[str, list], chosen: list[dict[str, Any]],
                 grid_log: list[dict[str, Any]]) -> None:
     """Write the tuning result so far to --tune-out (temp file + rename)."""
-    out = Path(args.tune_out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(tuning_result(args, grids, chosen, grid_log), indent=1,
-                              ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    with atomic_file(args.tune_out, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(tuning_result(args, grids, chosen, grid_log), indent=1,
+                                  ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_defaults(files: list[str]) -> None:

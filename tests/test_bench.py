@@ -293,3 +293,19 @@ def test_warm_projector_builds_every_factor_copy_the_solvers_use(private_cache):
     y = op(x)
     op.projector(x), op.pinv(y), op.solve_normal(op.adjoint(y), 0.1)
     assert set(op.svd()._copies) == copies
+
+
+def test_warm_projector_runs_once_per_operator_and_device(private_cache, monkeypatch):
+    """Tasks share one operator across their images: a second warm-up does no work."""
+    from ctflow.bench import warm_projector
+    from ctflow.operators import ParallelBeam2D
+
+    op = ParallelBeam2D(image_size=16, views=12)
+    warm_projector(op)
+    monkeypatch.setattr(op, "projector", lambda *a, **k: pytest.fail("warmed twice"))
+    warm_projector(op)
+    warm_projector(op, torch.device("cpu"))
+    other = ParallelBeam2D(image_size=16, views=12)
+    monkeypatch.setattr(other, "projector", lambda *a, **k: pytest.fail("not warmed"))
+    with pytest.raises(pytest.fail.Exception, match="not warmed"):
+        warm_projector(other)  # another operator is warmed on its own

@@ -190,6 +190,7 @@ def test_svd_pinv_of_float32_data_matches_float64(kind):
     assert got.dtype == torch.float32
     assert float((got.double() - ref).norm() / ref.norm()) < 2e-5  # y.float() rounding
 
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_svd_solve_normal_is_exact_at_small_rho(kind):
     """The closed form keeps the tail below the projector's threshold, so it solves
