@@ -294,3 +294,26 @@ def test_bench_on_a_missing_gpu_is_refused_before_any_work():
     with pytest.raises(SystemExit) as stop:
         bc.main(["--device", "cuda", "--prior", "no-such-prior"])
     assert stop.value.code == 2
+
+
+def test_bench_targets_are_paired_per_image():
+    """bench_conjugate's target lines: mean difference of per-image PSNR, its standard
+    error std(d, ddof=1)/√n and the count of images ahead; without per-image scores the
+    plain difference of the means."""
+    bc = load_script("bench_conjugate")
+
+    def row(method, nfe, scores):
+        return {"task": "ct60", "method": method, "nfe_budget": nfe,
+                "psnr": float(np.mean(scores)),
+                "psnr_images": " ".join(f"{v:.4f}" for v in scores)}
+
+    c5, p5 = row("conjugate", 5, [40.0, 42.0, 45.0]), row("pigfm", 5, [39.0, 42.5, 42.0])
+    p100, tv = row("pigfm", 100, [41.0, 41.0, 41.0]), row("tv", 0, [30.0, 31.0, 32.0])
+    d = np.array([1.0, -0.5, 3.0])
+    assert bc.paired_difference(c5, p5) == (
+        f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(3):.2f} SE, ahead on 2/3 images")
+    text = bc.targets([c5, p5, p100, tv])
+    assert "C-ΠGFM@5 − ΠGFM@5 = +1.17 ± 1.01 SE, ahead on 2/3 images (met" in text
+    assert "best ΠGFM@≥50 (NFE 100) = +1.33" in text and "C-ΠGFM@5 − TV = +11.33" in text
+    old = {**c5, "psnr_images": ""}
+    assert bc.paired_difference(old, p5) == "+1.17"
