@@ -11,9 +11,12 @@ Benchmark mode: for each task (``ctflow.tasks``) and held-out phantom (DESIGN §
 every guided sampler at its *own* validation-tuned defaults (conjugate_defaults.json), and
 prints one Markdown table per task (mean PSNR / SSIM / RMSE in HU, s/image, NFE/image and the
 setting used), the issue's targets and all rows as CSV; ``--out`` writes the same Markdown,
-headed by the exact command, to a file.
+headed by the exact command, to a file.  Every row keeps its per-image PSNR, so each target
+is a paired difference d_i = a_i − b_i over the same images: mean ± std(d, ddof=1)/√n and
+the number of images ahead; a headroom line per task gives the best guided row at any
+budget minus ΠGFM at 5 NFE (what any sampler gains there).
 
-    python scripts/bench_conjugate.py --size 64 --images 4 --out docs/bench_conjugate_64.md
+    python scripts/bench_conjugate.py --size 64 --images 16 --out docs/bench_conjugate_64.md
 
 Tune mode (``--tune``) grid-searches each guided sampler on the *validation* split only
 (``heldout_images(size, n, split="val")``), one task per family (ct60, inpaint-box, sr4,
