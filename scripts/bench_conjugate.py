@@ -368,9 +368,9 @@ def write_defaults(files: list[str]) -> None:
     in_use = {r["tuned_by"] for entry in table["methods"].values()
               for r in entry.get("tuned", [])}
     runs_meta[:] = [m for m in runs_meta if m["command"] in in_use]  # drop replaced runs
-    tmp = DEFAULTS_FILE.with_name(DEFAULTS_FILE.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(DEFAULTS_FILE)
+    with atomic_file(DEFAULTS_FILE, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n",
+                       encoding="utf-8")
 
 
 def command_line() -> str:
