@@ -49,7 +49,11 @@ class LinearOperator:
 
     The generic ``pinv``/``projector``/``solve_normal`` use Krylov methods (CGLS / CG);
     operators override them with closed forms, FFTs or cached SVDs where they can.
+    ``family`` names the kind of task an operator poses ("ct", "inpainting", "sr", "blur";
+    None for generic maps), which users of the operator may key settings by.
     """
+
+    family: str | None = None
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
         self.in_shape = tuple(int(s) for s in in_shape)

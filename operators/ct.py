@@ -40,6 +40,8 @@ SVD_THRESHOLD = 1e-3
 class CTOperator(LinearOperator):
     """A: μ image (N, N) → sinogram (views, det) for a :class:`CTGeometry`."""
 
+    family = "ct"
+
     def __init__(self, geometry: CTGeometry, backend: str = "auto", projection: str = "auto",
                  svd_threshold: float = SVD_THRESHOLD):
         if not isinstance(geometry, CTGeometry):

@@ -7,7 +7,6 @@ exact formula, so P = A⁺A is a true orthogonal projector (P² = P up to roundi
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -78,6 +77,8 @@ class Inpainting(LinearOperator):
     (AᵀA + ρI)⁻¹ b = b / (m + ρ)  (entries with m + ρ = 0 get 0: the minimum-norm solution).
     """
 
+    family = "inpainting"
+
     def __init__(self, mask: torch.Tensor | np.ndarray):
         if isinstance(mask, np.ndarray):
             mask = torch.from_numpy(mask)
@@ -94,25 +95,6 @@ class Inpainting(LinearOperator):
     @property
     def observed_fraction(self) -> float:
         return float(self.mask.float().mean())
-
-    @functools.cached_property
-    def edge_fraction(self) -> float:
-        """Share of the missing pixels with at least one observed 4-neighbour (1.0 if none is
-        missing): near 1 for scattered masks (70 % random: 0.78 at 64²), small for one box
-        (a 16×16 box at 64²: 0.23, a 32×32 box at 128²: 0.12)."""
-        missing = ~self.mask
-        if not bool(missing.any()):
-            return 1.0
-        m = torch.nn.functional.pad(self.mask.float()[None, None], (1, 1, 1, 1))[0, 0]
-        neighbours = m[:-2, 1:-1] + m[2:, 1:-1] + m[1:-1, :-2] + m[1:-1, 2:]
-        return float((neighbours[missing] > 0).float().mean())
-
-    @property
-    def scattered(self) -> bool:
-        """True for scattered masks (``edge_fraction`` > 0.5), whose holes are mostly single
-        pixels next to data, unlike large holes (boxes); guided samplers keep separate tuned
-        settings for them."""
-        return self.edge_fraction > 0.5
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return x * self._m.like(x)
@@ -144,6 +126,8 @@ class SuperResolution(LinearOperator):
     A⁺ = f² Aᵀ (nearest upsampling), P = A⁺A = U D (block means spread back), and since
     AᵀA = P/f²:  (AᵀA + ρI)⁻¹ b = P b/(1/f² + ρ) + (I − P) b/ρ   (ρ = 0: f² P b).
     """
+
+    family = "sr"
 
     def __init__(self, image_size: int | tuple[int, int] = 128, factor: int = 4):
         shape = _image_shape(image_size, "SuperResolution")
@@ -195,6 +179,8 @@ class GaussianBlur(LinearOperator):
     well defined and P an exact projector:  A⁺ y = F⁻¹(H⁻¹·1[|H| ≥ t] ⊙ F y),
     P x = F⁻¹(1[|H| ≥ t] ⊙ F x),  (AᵀA + ρI)⁻¹ b = F⁻¹(F b / (H² + ρ))  (ρ = 0: A⁺A⁺ᵀ b).
     """
+
+    family = "blur"
 
     def __init__(self, image_size: int | tuple[int, int] = 128, sigma: float = 2.0,
                  threshold: float = 1e-3):

@@ -8,7 +8,7 @@ Benchmark mode: for each task (``ctflow.tasks``) and held-out phantom (DESIGN §
 * ``pigfm`` and ``otode`` at NFE 5, 10, 20, 50, 100 (``--base-nfe``),
 * ``fbp`` and ``tv`` on CT tasks,
 
-every guided sampler at its *own* validation-tuned defaults (conjugate_defaults.json), and
+every guided sampler at its *own* validation-tuned defaults (the prior's presets), and
 prints one Markdown table per task (mean PSNR / SSIM / RMSE in HU, s/image, NFE/image and the
 setting used), the issue's targets and all rows as CSV; ``--out`` writes the same Markdown,
 headed by the exact command, to a file.  Every row keeps its per-image PSNR, so each target
@@ -31,11 +31,12 @@ give the Euler baselines as many more τ / t0 values.  ``--tune-order 1 2`` adds
 integrator order (1 = as derived, 2 = multistep) as one more conjugate axis; it is a
 property of the integrator, not a guidance setting, so the baselines get no counterpart.
 The family ``inpainting-random`` (inpaint-random, tuned only when named) gives records
-tagged ``"mask": "scattered"``, which serve scattered masks (``Inpainting.scattered``) only.
+tagged ``"mask": "scattered"``, which serve scattered masks (``context.mask_kind``) only.
 All grid scores and the best setting per (method, jacobian, family, noisy, mask kind, NFE)
 go to ``--tune-out``;
-``--write-defaults A.json B.json …`` merges such files into
-ctflow/solvers/conjugate_defaults.json.
+``--write-defaults A.json B.json …`` merges such files into the presets of the prior they
+were tuned with (``NAME.presets.json`` beside its weights; ``--presets STEM`` for another
+checkpoint) and their grid logs into docs/tuning/guided.json.
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ from ctflow.bench import warm_projector
 from ctflow.errors import CtflowError
 from ctflow.io.atomic import atomic_file
 from ctflow.metrics import evaluate
-from ctflow.solvers.common import TUNED_SIZE
-from ctflow.solvers.guidance import DEFAULTS_FILE, record_size
+from ctflow.priors.presets import merge_records
+from ctflow.priors.registry import resolve as resolve_prior
 from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 
 GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
+TUNING_LOG = Path(__file__).resolve().parents[1] / "docs" / "tuning" / "guided.json"
+RECORD_META = ("method", "family", "task", "size", "jacobian", "nfe", "psnr_val", "noisy", "mask")
 # tuning family → validation task; "ct-noisy" tunes the records CT calls with noisy data use
 FAMILY_TASK = {"ct": "ct60", "ct-noisy": "ct60-1e5", "inpainting": "inpaint-box", "sr": "sr4",
                "blur": "blur"}
@@ -319,7 +322,7 @@ def tune(args, prior) -> dict[str, Any]:
                         best = (score, opts)
                 assert best is not None
                 chosen.append({"method": method, "family": task.family, "task": task.name,
-                               **({"size": args.size} if args.size != TUNED_SIZE else {}),
+                               "size": args.size,
                                "jacobian": jac, "nfe": nfe, **best[1],
                                "psnr_val": round(best[0], 3),
                                **({"noisy": True} if noisy else {}),
@@ -344,33 +347,36 @@ def save_tuning(args, grids: dict[str, list], chosen: list[dict[str, Any]],
                                   ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_defaults(files: list[str]) -> None:
-    """Merge tune-result files into conjugate_defaults.json (records replaced per key, each
-    keeping the command of the tuning run that chose it; runs no record names any more are
-    dropped; atomic replace)."""
-    table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
-    runs_meta = table.setdefault("tuning", [])
+def preset_record(rec: dict[str, Any], command: str, prior: str) -> dict[str, Any]:
+    """A chosen setting of a tuning result as a presets record (ctflow.priors.presets)."""
+    return {"family": rec["family"], "size": int(rec.get("size", 64)),
+            "noisy": bool(rec.get("noisy", False)), "mask": rec.get("mask"),
+            "nfe": int(rec["nfe"]), "requires": {"jacobian": bool(rec["jacobian"])},
+            "options": {k: v for k, v in rec.items() if k not in RECORD_META},
+            "tuned": {"prior": prior, "task": rec.get("task"), "psnr_val": rec["psnr_val"],
+                      "command": command, "log": "docs/tuning/guided.json"}}
+
+
+def write_defaults(files: list[str], stem: str | None = None,
+                   log_path: Path = TUNING_LOG) -> None:
+    """Merge tune-result files into the presets of the prior each was tuned with (records
+    replaced per selection key, each naming the run that chose it) and append their grids
+    to the tuning log (a run of the same command replaces the older one; atomic writes)."""
+    log = json.loads(log_path.read_text(encoding="utf-8")) if log_path.is_file() else {}
+    runs = log.setdefault("runs", [])
     for name in files:
         result = json.loads(Path(name).read_text(encoding="utf-8"))
+        target = stem or resolve_prior(result["prior"])
+        by_method: dict[str, list[dict[str, Any]]] = {}
         for rec in result["chosen"]:
-            entry = table["methods"][rec["method"]]
-            def key(r: dict[str, Any]) -> tuple:
-                return (r["family"], record_size(r), bool(r.get("noisy", False)),
-                        r.get("mask") or "", r["jacobian"], r["nfe"])
-
-            tuned = [r for r in entry.get("tuned", []) if key(r) != key(rec)]
-            tuned.append({**{k: v for k, v in rec.items() if k != "method"},
-                          "tuned_by": result["command"]})
-            entry["tuned"] = sorted(tuned, key=key)
-        runs_meta[:] = [m for m in runs_meta if m["command"] != result["command"]]
-        runs_meta.append({k: result[k] for k in ("command", "prior", "images", "grids",
-                                                  "grid")})
-    in_use = {r["tuned_by"] for entry in table["methods"].values()
-              for r in entry.get("tuned", [])}
-    runs_meta[:] = [m for m in runs_meta if m["command"] in in_use]  # drop replaced runs
-    with atomic_file(DEFAULTS_FILE, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n",
-                       encoding="utf-8")
+            by_method.setdefault(rec["method"], []).append(
+                preset_record(rec, result["command"], result["prior"]))
+        for method, records in by_method.items():
+            merge_records(target, result["prior"], method, records)
+        runs[:] = [m for m in runs if m["command"] != result["command"]]
+        runs.append({k: result[k] for k in ("command", "prior", "images", "grids", "grid")})
+    with atomic_file(log_path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(log, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def command_line() -> str:
@@ -461,10 +467,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="merge the --csv files of partial runs into one report (headed with "
                         "this call's --size and --split) and exit")
     p.add_argument("--write-defaults", nargs="+", metavar="TUNE_JSON",
-                   help="merge tuning results into conjugate_defaults.json and exit")
+                   help="merge tuning results into the presets of the prior they were tuned "
+                        "with and exit")
+    p.add_argument("--presets", metavar="STEM", default=None,
+                   help="with --write-defaults: the checkpoint (path without extension) whose "
+                        "presets receive the records (default: the tuned prior's)")
     args = p.parse_args(argv)
     if args.write_defaults:
-        write_defaults(args.write_defaults)
+        write_defaults(args.write_defaults, args.presets)
         return 0
     if args.from_csv:
         return merge_reports(args)
@@ -537,7 +547,7 @@ def write_report(rows: list[dict[str, Any]], commands: list[str], machine: str, 
         f"# Conjugate integrators vs Euler baselines, {args.size}², split {args.split}\n",
         "Generated by\n", *[f"    {c}" for c in commands], "",
         f"Machine: {machine}.  Each guided sampler runs at its own validation-tuned "
-        "defaults (ctflow/solvers/conjugate_defaults.json, column *setting*); "
+        "defaults (the prior's presets, column *setting*); "
         "`+vjp` = jacobian=True (forward + VJP per step, so NFE/2 steps).  "
         "PSNR is mean ± std over the images; "
         + ("s/image shares 2 busy CPU cores." if args.device == "cpu" else
@@ -550,10 +560,10 @@ def write_report(rows: list[dict[str, Any]], commands: list[str], machine: str, 
 
 
 def tuning_summary() -> str:
-    """The tuning runs behind the defaults in use (from conjugate_defaults.json)."""
-    table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+    """The tuning runs behind the presets in use (from docs/tuning/guided.json)."""
+    table = json.loads(TUNING_LOG.read_text(encoding="utf-8")) if TUNING_LOG.is_file() else {}
     lines = ["\nDefaults tuned on the validation split only, by:\n"]
-    lines += [f"- `{run['command']}` on `{run['images']}`" for run in table.get("tuning", [])]
+    lines += [f"- `{run['command']}` on `{run['images']}`" for run in table.get("runs", [])]
     return "\n".join(lines)
 
 

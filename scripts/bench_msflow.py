@@ -25,11 +25,11 @@ Tuning (validation split only): ``--tune FAMILY --tune-method msflow|dflow --gri
 runs every combination of the grid on ``--tasks`` × ``--images`` validation phantoms, picks
 the best mean PSNR (configurations within 0.1 dB of the best are tied: a constant μ, then
 the fewest NFE, then the earliest in grid order, wins) and stores the chosen options,
-the command, the images and every grid score under that family in
-``ctflow/solvers/msflow_defaults.json`` (tuned at a ``--size`` other than 64: under the
-family's ``sizes`` entry, whose options overlay the 64² ones for images nearest that
-size; with ``--tune-mask scattered``, on scattered inpainting masks only, under the
-family's ``masks`` entry, whose options overlay the others for such masks).  For MS-Flow a
+the command, the images and every grid score: the options as a record of the tuned
+prior's presets (``NAME.presets.json`` beside its weights, ctflow.priors.presets) for that
+family, ``--size`` and, with ``--tune-mask scattered``, that mask kind (the grid's options
+overlay the record the presets served for that context before), the run in
+docs/tuning/latent.json.  For MS-Flow a
 grid key ``mu`` is stored as ``mu_noisy`` or ``mu_noiseless`` by the noise of the tuning
 tasks (they must agree).
 
@@ -64,15 +64,19 @@ import torch
 import ctflow
 from ctflow.bench import warm_projector
 from ctflow.errors import CtflowError
+from ctflow.io.atomic import atomic_file
 from ctflow.metrics import evaluate
 from ctflow.priors import GaussianPrior
+from ctflow.priors.presets import load_presets, merge_records, presets_path, select_record
+from ctflow.priors.registry import resolve as resolve_prior
 from ctflow.solvers import get_solver
-from ctflow.solvers.common import SCATTERED, TUNED_SIZE, mask_kind
-from ctflow.solvers.latent_reg import DEFAULTS_FILE
+from ctflow.solvers.context import SCATTERED, mask_kind
 from ctflow.tasks import SOLVER_BENCH_TASKS, get_task, heldout_images
 from ctflow.units import mu_to_hu
 
 CLASSICAL_ON_CT = ("fbp", "tv")
+TUNED_SIZE = 64  # the size mask-kind records are tuned at
+TUNING_LOG = Path(__file__).resolve().parents[1] / "docs" / "tuning" / "latent.json"
 # MS-Flow capped at the NFE that fits in a third of D-Flow's wall time on the same image
 # (module docstring): the issue's "at ≤ 1/3 of D-Flow's wall time", timed as well
 BUDGET = "msflow-budget"
@@ -165,7 +169,7 @@ def main() -> None:
                    help="tasks run in parallel processes (default: %(default)s)")
     p.add_argument("--tune", default=None, metavar="FAMILY",
                    help="tune this family's defaults on --split (must be 'val') and store them "
-                        "in msflow_defaults.json instead of benchmarking")
+                        "in the prior's presets instead of benchmarking")
     p.add_argument("--tune-method", default="msflow", choices=["msflow", "dflow"],
                    help="solver tuned by --tune (default: %(default)s)")
     p.add_argument("--grid", default="{}",
@@ -205,7 +209,7 @@ def main() -> None:
         f"parallel; prior {args.prior}, split {args.split}, {args.images} images per task; "
         f"extra options {json.dumps(opts)}.", "",
         "Defaults: MS-Flow and D-Flow use their per-family options tuned on the validation "
-        "split (ctflow/solvers/msflow_defaults.json); C-ΠGFM its own tuned defaults; TV and "
+        "split (the prior's presets); C-ΠGFM its own tuned defaults; TV and "
         "FBP on CT only.  Budget policy: each method runs its tuned iterations and steps; "
         "wall time and NFE are measured, not equalised; msflow-budget is MS-Flow capped at the "
         "NFE that fits in a third of D-Flow's wall time on the same image, at the seconds per "
@@ -326,32 +330,37 @@ def tune(args: argparse.Namespace, prior) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _store(args, grid, fixed, chosen, results)
     print(f"chosen for {args.tune_method}/{args.tune}: {json.dumps(chosen)} "
-          f"(PSNR {best['psnr']:.2f}); written to {DEFAULTS_FILE.name}")
+          f"(PSNR {best['psnr']:.2f}); written to the presets of {args.prior}")
 
 
 def _store(args: argparse.Namespace, grid: dict[str, list[Any]], fixed: dict[str, Any],
            chosen: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    """Merge one tuning run into msflow_defaults.json (atomic replace)."""
-    table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
-    entry = table["methods"][args.tune_method]["families"].setdefault(
-        args.tune, {"options": {}, "tuning": []})
-    if args.size != TUNED_SIZE:  # options tuned at another image size overlay the 64² ones
-        entry = entry.setdefault("sizes", {}).setdefault(str(args.size),
-                                                          {"options": {}, "tuning": []})
-    if args.tune_mask is not None:  # options for one mask kind overlay the family's
-        entry = entry.setdefault("masks", {}).setdefault(args.tune_mask,
-                                                          {"options": {}, "tuning": []})
-    entry["options"].update(chosen)
-    entry["tuning"].append({
-        "command": "python3 scripts/bench_msflow.py " + shlex.join(sys.argv[1:]),
-        "prior": args.prior, "size": args.size, "split": "val",
+    """Merge one tuning run into the prior's presets and the tuning log (atomic writes)."""
+    command = "python3 scripts/bench_msflow.py " + shlex.join(sys.argv[1:])
+    stem = resolve_prior(args.prior)
+    presets = load_presets(presets_path(stem))
+    before = None if presets is None else select_record(
+        presets.records(args.tune_method), args.tune, False, args.tune_mask, args.size, None, {})
+    options = {**(before["options"] if before is not None else {}), **chosen}
+    merge_records(stem, args.prior, args.tune_method, [{
+        "family": args.tune, "size": args.size, "mask": args.tune_mask, "options": options,
+        "tuned": {"prior": args.prior, "command": command, "log": "docs/tuning/latent.json"}}])
+    log = json.loads(TUNING_LOG.read_text(encoding="utf-8")) if TUNING_LOG.is_file() else {}
+    entry = log.setdefault("runs", {}).setdefault(args.tune_method, {}).setdefault(
+        args.tune, {"tuning": [], "sizes": {}, "masks": {}})
+    runs = entry["tuning"]
+    if args.size != TUNED_SIZE:
+        runs = entry["sizes"].setdefault(str(args.size), [])
+    elif args.tune_mask is not None:
+        runs = entry["masks"].setdefault(args.tune_mask, [])
+    runs.append({
+        "command": command, "prior": args.prior, "size": args.size, "split": "val",
         "images": list(range(args.images)), "tasks": args.tasks, "seed": args.seed,
         "grid": grid, "fixed": fixed, "chosen": chosen,
         "results": [{**r, "psnr": round(r["psnr"], 3), "ssim": round(r["ssim"], 4),
                      "seconds": round(r["seconds"], 2)} for r in results]})
-    tmp = Path(str(DEFAULTS_FILE) + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(DEFAULTS_FILE)
+    with atomic_file(TUNING_LOG, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(log, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def targets(rows: list[dict[str, Any]]) -> str:

@@ -6,10 +6,10 @@ sr4, blur → blur; ct-noisy → ct60-1e5, whose setting serves CT calls with a 
 on a few *validation* phantoms (``heldout_images(...,
 split="val")``, never the test split), reconstructs them with every setting of a small grid
 at the method's NFE budget, scores the mean PSNR in HU (over the family's tasks and
-images) and writes the best setting per
-family (and the best mean over families as the ``generic`` default) to
-``ctflow/solvers/baseline_defaults.json``, together with the command, the images, the grid
-and the PSNR of every setting.
+images) and writes the best setting per family as records of the tuned prior's presets
+(``NAME.presets.json`` beside its weights, ctflow.priors.presets; ct-noisy as the CT record
+for noisy data), and the command, the images, the grid and the PSNR of every setting to
+docs/tuning/baselines.json.  The generic defaults stay the methods' own (in their modules).
 
     python scripts/tune_baselines.py --prior default --images 3
     python scripts/tune_baselines.py --methods dps flower --families ct   # merge a subset
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +29,12 @@ import numpy as np
 import torch
 
 import ctflow
+from ctflow.io.atomic import atomic_file
 from ctflow.metrics import psnr
 from ctflow.priors.base import Prior
-from ctflow.solvers.common import FAMILIES
-from ctflow.solvers.defaults import DEFAULTS_FILE, METHODS
+from ctflow.priors.presets import FAMILIES, merge_records
+from ctflow.priors.registry import resolve as resolve_prior
+from ctflow.solvers.defaults import METHODS
 from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 
@@ -44,6 +44,7 @@ from ctflow.units import mu_to_hu
 FAMILY_TASKS = {"ct": ["ct30", "ct60"], "ct-noisy": ["ct60-1e5"], "inpainting": ["inpaint-box"],
                 "sr": ["sr4"], "blur": ["blur"]}
 TUNING_FAMILIES = (*FAMILIES, "ct-noisy")
+TUNING_LOG = Path(__file__).resolve().parents[1] / "docs" / "tuning" / "baselines.json"
 
 # NFE budgets (network forwards + VJPs per image) and the grids searched within them.
 # Every setting is complete, so the result never depends on the defaults being rewritten.
@@ -101,26 +102,26 @@ def tune(prior: Prior, size: int, count: int, methods: list[str],
     return results
 
 
-def choose(rows_by_family: dict[str, list[dict[str, Any]]]) -> tuple[dict, dict[str, dict]]:
-    """(generic, per-family) defaults: best mean PSNR over the noiseless families, best per
-    family (noisy-data families included)."""
-    per_family = {f: max(rows, key=lambda r: r["psnr"])["options"]
-                  for f, rows in rows_by_family.items()}
-    plain = [rows for f, rows in rows_by_family.items() if not f.endswith("-noisy")]
-    plain = plain or list(rows_by_family.values())
-    n = len(plain[0])
-    means = [np.mean([rows[i]["psnr"] for rows in plain]) for i in range(n)]
-    generic = plain[0][int(np.argmax(means))]["options"]
-    return generic, per_family
+def best_per_family(rows_by_family: dict[str, list[dict[str, Any]]]) -> dict[str, dict]:
+    """The best-scoring options of each tuning family."""
+    return {f: max(rows, key=lambda r: r["psnr"])["options"] for f, rows in rows_by_family.items()}
 
 
-def merged_table(old: dict[str, Any], results: dict, command: str, prior_name: str,
-                 size: int, count: int) -> dict[str, Any]:
-    """The defaults file with the tuned methods/families replaced, everything else kept."""
-    table = json.loads(json.dumps(old))
-    tuning = table.setdefault("tuning", {})
-    commands = tuning.pop("commands", None) or ([tuning.pop("command")] if "command" in tuning
-                                                 else [])
+def preset_records(best: dict[str, dict], size: int, prior: str, command: str
+                   ) -> list[dict[str, Any]]:
+    """Presets records of one method: a tuning family "F-noisy" is family F on noisy data."""
+    return [{"family": f.removesuffix("-noisy"), "size": size, "noisy": f.endswith("-noisy"),
+             "options": options,
+             "tuned": {"prior": prior, "command": command, "log": "docs/tuning/baselines.json"}}
+            for f, options in best.items()]
+
+
+def merged_log(old: dict[str, Any], results: dict, command: str, prior_name: str,
+               size: int, count: int) -> dict[str, Any]:
+    """The tuning log with this run's grid scores merged in (per method and family)."""
+    log = json.loads(json.dumps(old))
+    tuning = log.setdefault("tuning", {})
+    commands = tuning.get("commands", [])
     tuning.update({
         "commands": [*[c for c in commands if c != command], command],
         "prior": prior_name, "image_size": size, "split": "val",
@@ -130,24 +131,8 @@ def merged_table(old: dict[str, Any], results: dict, command: str, prior_name: s
     })
     psnr_table = tuning.setdefault("psnr", {})
     for method, by_family in results.items():
-        if not by_family:
-            continue
-        entry = table["methods"][method]
         psnr_table.setdefault(method, {}).update(by_family)
-        generic, per_family = choose(psnr_table[method])
-        entry["generic"] = generic
-        entry.setdefault("families", {}).update(
-            {f: per_family[f] for f in by_family})
-    table["source"] = "tuned on the validation split by scripts/tune_baselines.py"
-    return table
-
-
-def write_atomic(path: Path, table: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(table, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
+    return log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,12 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the merged defaults only, write nothing")
     args = parser.parse_args(argv)
-    old = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
-    tuned_size = old.get("tuning", {}).get("image_size", args.size)
-    if tuned_size != args.size and not args.dry_run:
-        parser.exit(2, f"tune_baselines: {DEFAULTS_FILE.name} holds one setting per family, "
-                       f"tuned at {tuned_size}²; tuning at {args.size}² would mix the two "
-                       "(use --dry-run to see the result)\n")
     torch.set_num_threads(args.threads)
     prior = ctflow.load_prior(args.prior)
     start = time.perf_counter()
@@ -183,14 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuning took {time.perf_counter() - start:.0f} s")
     command = "python scripts/tune_baselines.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--dry-run")
-    table = merged_table(old, results, command.strip(), args.prior, args.size, args.images)
+    records = {m: preset_records(best_per_family(by_family), args.size, args.prior,
+                                 command.strip())
+               for m, by_family in results.items() if by_family}
     if args.dry_run:
-        print(json.dumps(table["methods"], indent=1))
+        print(json.dumps(records, indent=1))
         return 0
-    write_atomic(DEFAULTS_FILE, table)
-    print(f"wrote {DEFAULTS_FILE.name}")
+    stem = resolve_prior(args.prior)
+    for method, recs in records.items():
+        merge_records(stem, args.prior, method, recs)
+    old = json.loads(TUNING_LOG.read_text(encoding="utf-8")) if TUNING_LOG.is_file() else {}
+    log = merged_log(old, results, command.strip(), args.prior, args.size, args.images)
+    with atomic_file(TUNING_LOG, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote the presets of {args.prior} and {TUNING_LOG.name}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

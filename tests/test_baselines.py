@@ -10,8 +10,8 @@ which cannot fill A's null space with the prior mean.
 from __future__ import annotations
 
 import inspect
-import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +21,13 @@ import ctflow
 from ctflow.errors import MethodError
 from ctflow.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
 from ctflow.priors import GaussianPrior
+from ctflow.priors.presets import FAMILIES, Presets, load_presets
 from ctflow.solvers import defaults as bd
+from ctflow.solvers import dps as dps_mod
+from ctflow.solvers import flowdps as flowdps_mod
+from ctflow.solvers import flower as flower_mod
 from ctflow.solvers import get_solver
-from ctflow.solvers.common import FAMILIES
+from ctflow.solvers import pnpflow as pnpflow_mod
 from ctflow.solvers.dps import _velocity_and_residual_grad
 
 METHODS = ("pnpflow", "flowdps", "dps", "flower")
@@ -274,35 +278,54 @@ def test_registry_reaches_each_module():
         assert get_solver(name)[0] is fn
 
 
-def test_defaults_file_is_complete_and_accepted():
-    table = json.loads(bd.DEFAULTS_FILE.read_text(encoding="utf-8"))
+GENERIC = {"pnpflow": pnpflow_mod.GENERIC, "flowdps": flowdps_mod.GENERIC,
+           "dps": dps_mod.GENERIC, "flower": flower_mod.GENERIC}
+PRIORS_DIR = Path(__file__).resolve().parents[1] / "data" / "priors"
+
+
+def shipped_presets(name: str = "phantom-64") -> Presets:
+    presets = load_presets(PRIORS_DIR / f"{name}.presets.json")
+    assert presets is not None
+    return presets
+
+
+def test_presets_are_complete_and_accepted():
+    """Generic defaults name the budget; every shipped record covers a family and only
+    options the method takes."""
     for method in METHODS:
         params = inspect.signature(get_solver(method)[0]).parameters
-        entry = table["methods"][method]
-        assert "nfe" in entry["generic"]
-        for family, opts in [("generic", entry["generic"]), *entry["families"].items()]:
-            assert family == "generic" or family.removesuffix("-noisy") in FAMILIES
-            assert set(opts) <= set(params)
-            assert "task_family" not in opts
+        assert "nfe" in GENERIC[method] and set(GENERIC[method]) <= set(params)
+        for name in ("phantom-64", "phantom-128"):
+            records = shipped_presets(name).records(method)
+            assert {r["family"] for r in records} == set(FAMILIES)
+            for rec in records:
+                assert set(rec["options"]) <= set(params) and "task_family" not in rec["options"]
 
 
-def test_task_family_selects_defaults_and_explicit_options_win():
+def test_task_family_selects_presets_and_explicit_options_win():
     prior = toy_prior()
+    prior.presets = shipped_presets()
     op = Inpainting(toy_mask())
     y = op(prior.sample_data(1, seed=1).float())
+    meta = ("task_family", "tuned_at_nfe", "tuned_at_size", "presets")
     for method in METHODS:
-        for family in (None, *FAMILIES):
-            expected = bd.method_defaults(method, family)  # None: the generic defaults
+        records = prior.presets.records(method)
+        for family in FAMILIES:
+            want = [r for r in records if r["family"] == family and not r.get("noisy")]
             res = ctflow.reconstruct(y, op, method=method, prior=prior, nfe=4,
                                      task_family=family)
-            assert res.info["options"] == {**expected, "nfe": 4}
-        # with a noise level a family's noisy-data setting (tuned on ct60-1e5) overlays it
-        noisy = bd.method_defaults(method, "ct", noisy=True)
-        assert noisy == {**bd.method_defaults(method, "ct"),
-                         **bd._table()["methods"][method]["families"]["ct-noisy"]}
+            got = {k: v for k, v in res.info["options"].items() if k not in meta}
+            assert got == {**GENERIC[method], **want[0]["options"], "nfe": 4}
+            assert res.info["task_family"] == family
+        # with a noise level the family's noisy-data record (tuned on ct60-1e5) serves
+        noisy = [r for r in records if r["family"] == "ct" and r.get("noisy")]
         res = ctflow.reconstruct(y, op, method=method, prior=prior, nfe=4, task_family="ct",
                                  noise_std=0.05)
-        assert res.info["options"] == {**noisy, "nfe": 4}
+        got = {k: v for k, v in res.info["options"].items() if k not in meta}
+        assert got == {**GENERIC[method], **noisy[0]["options"], "nfe": 4}
+        # no family given: the operator's (inpainting)
+        res = ctflow.reconstruct(y, op, method=method, prior=prior, nfe=4)
+        assert res.info["task_family"] == "inpainting"
     res = ctflow.reconstruct(y, op, method="flower", prior=prior, nu_scale=0.7, nfe=3)
     assert res.info["options"]["nu_scale"] == 0.7
     with pytest.raises(MethodError, match="task_family"):
@@ -338,27 +361,17 @@ def test_flower_sigma_and_floor():
 
 
 def test_tuning_choice_and_merge():
+    """The best setting per family becomes a presets record ("ct-noisy": CT, noisy data);
+    the grid scores go to the tuning log."""
     tb = load_script("tune_baselines")
     rows = {"ct": [{"options": {"zeta": 1.0}, "psnr": 20.0},
                    {"options": {"zeta": 2.0}, "psnr": 25.0}],
-            "sr": [{"options": {"zeta": 1.0}, "psnr": 30.0},
-                   {"options": {"zeta": 2.0}, "psnr": 24.0}]}
-    generic, per_family = tb.choose(rows)
-    assert per_family == {"ct": {"zeta": 2.0}, "sr": {"zeta": 1.0}}
-    assert generic == {"zeta": 1.0}  # mean 25.0 beats 24.5
-    old = {"methods": {m: {"generic": {"nfe": 4}, "families": {}} for m in METHODS}}
-    table = tb.merged_table(old, {"dps": rows}, "cmd", "p", 64, 2)
-    assert table["methods"]["dps"]["families"] == per_family
-    assert table["methods"]["flower"] == old["methods"]["flower"]  # untouched
-    assert table["tuning"]["psnr"]["dps"] == rows
-    assert table["tuning"]["split"] == "val"
-
-
-def test_tuning_at_another_size_is_refused_before_any_work():
-    tb = load_script("tune_baselines")
-    before = bd.DEFAULTS_FILE.read_bytes()
-    size = json.loads(before)["tuning"]["image_size"]
-    with pytest.raises(SystemExit) as stop:
-        tb.main(["--size", str(2 * size), "--prior", "no-such-prior"])  # refused before loading
-    assert stop.value.code == 2
-    assert bd.DEFAULTS_FILE.read_bytes() == before
+            "ct-noisy": [{"options": {"zeta": 1.0}, "psnr": 20.0},
+                         {"options": {"zeta": 3.0}, "psnr": 19.0}]}
+    best = tb.best_per_family(rows)
+    assert best == {"ct": {"zeta": 2.0}, "ct-noisy": {"zeta": 1.0}}
+    records = tb.preset_records(best, 64, "p", "cmd")
+    assert [(r["family"], r["noisy"], r["options"]) for r in records] == \
+        [("ct", False, {"zeta": 2.0}), ("ct", True, {"zeta": 1.0})]
+    log = tb.merged_log({}, {"dps": rows}, "cmd", "p", 64, 2)
+    assert log["tuning"]["psnr"]["dps"] == rows and log["tuning"]["split"] == "val"

@@ -182,13 +182,17 @@ def test_noisy_variant_converges_to_pigdm_noisy_ode(kappa):
 
 def test_default_parameters_are_stable(toy):
     """Every family's default (w, λ, τ) stays bounded and close to its ODE at 5–20 NFE."""
-    from ctflow.solvers.common import FAMILIES
-    from ctflow.solvers.guidance import resolve_options
+    from ctflow.priors import load_prior
+    from ctflow.priors.presets import FAMILIES
+    from ctflow.solvers.conjugate import GENERIC
+    from ctflow.solvers.context import resolve_options, task_context
 
+    toy.prior.presets = load_prior("default").presets
     refs = {}
     for family in (None, *FAMILIES):
         for k in (5, 10, 20):
-            opts = resolve_options("conjugate", toy.op, family, nfe=k)
+            opts = resolve_options("conjugate", GENERIC, toy.prior, task_context(toy.op, family),
+                                   k, ("jacobian",))
             w, tau, jac = opts["w"], opts["tau"], bool(opts["jacobian"])
             if (w, tau, jac) not in refs:
                 refs[w, tau, jac] = toy.reference(tau, lambda t, w=w: w * t * (1 - t), jac)

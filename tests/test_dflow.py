@@ -8,10 +8,11 @@ import torch
 import ctflow
 from ctflow.errors import MethodError
 from ctflow.operators import Inpainting
-from ctflow.priors import GaussianPrior
-from ctflow.solvers.common import mask_kind
-from ctflow.solvers.dflow import dflow, rollout
-from ctflow.solvers.latent_reg import invert_euler, tuned_defaults
+from ctflow.priors import GaussianPrior, load_prior
+from ctflow.priors.presets import select_record
+from ctflow.solvers.context import mask_kind
+from ctflow.solvers.dflow import GENERIC, dflow, rollout
+from ctflow.solvers.latent_reg import invert_euler
 
 N = 8
 
@@ -99,9 +100,12 @@ def test_bad_options_raise() -> None:
 
 def test_family_defaults_are_used_and_explicit_options_win() -> None:
     prior, op, y, _ = _problem()
+    prior.presets = load_prior("default").presets
     for family, expect in ((None, "inpainting"), ("sr", "sr")):
         out = dflow(y, op, prior=prior, noise_std=0.05, task_family=family, iters=1)
-        table = tuned_defaults("dflow", expect, N, mask_kind(op))
+        record = select_record(prior.presets.records("dflow"), expect, True, mask_kind(op), N,
+                               None, {})
+        table = {**GENERIC, **record["options"]}
         used = out.info["options"]
         assert used["task_family"] == expect and used["iters"] == 1
         assert (used["steps"], used["lam"], used["init"]) == (table["steps"], table["lam"],

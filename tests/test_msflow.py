@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,19 +13,26 @@ import ctflow
 from ctflow.errors import MethodError
 from ctflow.operators import GaussianBlur, Identity, Inpainting, LinearOperator, SuperResolution
 from ctflow.priors import GaussianPrior
-from ctflow.solvers.common import mask_kind
+from ctflow.priors.presets import Presets, load_presets, select_record
+from ctflow.solvers.context import mask_kind, resolve_options, task_context
 from ctflow.solvers.dflow import rollout
-from ctflow.solvers.latent_reg import (
-    DEFAULTS_FILE,
-    euler_flow,
-    euler_vjp,
-    radial_reg,
-    radial_reg_grad,
-    tuned_defaults,
-)
-from ctflow.solvers.msflow import msflow, prox_data
+from ctflow.solvers.latent_reg import euler_flow, euler_vjp, radial_reg, radial_reg_grad
+from ctflow.solvers.msflow import GENERIC, msflow, prox_data
 
 N = 8
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shipped_presets(name: str = "phantom-64") -> Presets:
+    presets = load_presets(ROOT / "data" / "priors" / f"{name}.presets.json")
+    assert presets is not None
+    return presets
+
+
+def preset_options(presets: Presets, method: str, family: str, size: int,
+                   mask: str | None = None) -> dict:
+    record = select_record(presets.records(method), family, False, mask, size, None, {})
+    return dict(record["options"])
 
 
 class Dense(LinearOperator):
@@ -251,12 +259,14 @@ def test_bad_options_raise() -> None:
 
 def test_family_defaults_are_used_and_explicit_options_win() -> None:
     prior = _prior()
+    prior.presets = shipped_presets()
     op = Inpainting(_mask())
     y = op(prior.sample_data(1, seed=2).float())
     capped = {"iters": 1}  # keep the test fast; every other option from the table
     for family, expect in ((None, "inpainting"), ("ct", "ct"), ("blur", "blur")):
         out = msflow(y, op, prior=prior, task_family=family, **capped)
-        table = {**tuned_defaults("msflow", expect, N, mask_kind(op)), **capped}
+        table = {**GENERIC, **preset_options(prior.presets, "msflow", expect, N, mask_kind(op)),
+                 **capped}
         used = out.info["options"]
         assert used["task_family"] == expect
         assert used["mu"] == table["mu_noiseless"]  # noiseless call
@@ -265,32 +275,36 @@ def test_family_defaults_are_used_and_explicit_options_win() -> None:
         assert out.info["euler_steps"] == table["shooting"] * table["segment_steps"]
     noisy = msflow(y, op, prior=prior, noise_std=0.01, iters=1, shooting=3, mu=7.0)
     assert noisy.info["options"]["shooting"] == 3 and noisy.info["options"]["mu"] == 7.0
+    want = {**GENERIC, **preset_options(prior.presets, "msflow", "inpainting", N)}
     assert msflow(y, op, prior=prior, noise_std=0.01, iters=1).info["options"]["mu"] == \
-        tuned_defaults("msflow", "inpainting")["mu_noisy"]
+        want["mu_noisy"]
     with pytest.raises(MethodError):
         msflow(y, op, prior=prior, task_family="mri")
 
 
 @pytest.mark.parametrize("method", ["msflow", "dflow"])
-def test_defaults_table_records_its_tuning(method: str) -> None:
-    """Every family was tuned on the validation split, and each stored option is the winner
-    (best mean PSNR up to the 0.1 dB tie) of the last tuning run that searched it."""
-    table = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))["methods"][method]
-    assert set(table["families"]) == {"ct", "inpainting", "sr", "blur"}
-    entries = [(family, entry) for family, entry in table["families"].items()]
-    entries += [(f"{family}@{size}", sized) for family, entry in table["families"].items()
-                for size, sized in entry.get("sizes", {}).items()]
-    entries += [(f"{family}#{mask}", masked) for family, entry in table["families"].items()
-                for mask, masked in entry.get("masks", {}).items()]
-    for family, entry in entries:
-        assert entry["tuning"], family
+def test_presets_record_their_tuning(method: str) -> None:
+    """Every family was tuned on the validation split (docs/tuning/latent.json), and each
+    stored option is the winner (best mean PSNR up to the 0.1 dB tie) of the last tuning
+    run that searched it: 64² and mask-kind runs in phantom-64's presets, runs at another
+    size in that size's prior's."""
+    log = json.loads((ROOT / "docs" / "tuning" / "latent.json").read_text())["runs"][method]
+    assert set(log) == {"ct", "inpainting", "sr", "blur"}
+    entries = [(family, entry["tuning"], preset_options(shipped_presets(), method, family, 64))
+               for family, entry in log.items()]
+    entries += [(f"{family}@{size}", runs, preset_options(shipped_presets("phantom-128"),
+                                                          method, family, int(size)))
+                for family, entry in log.items() for size, runs in entry["sizes"].items()]
+    entries += [(f"{family}#{mask}", runs, preset_options(shipped_presets(), method, family,
+                                                          64, mask))
+                for family, entry in log.items() for mask, runs in entry["masks"].items()]
+    for family, runs, options in entries:
+        assert runs, family
         if "@" in family:  # tuned at another image size: every run says so
-            assert all(f"--size {family.split('@')[1]}" in run["command"]
-                       for run in entry["tuning"]), family
+            assert all(f"--size {family.split('@')[1]}" in run["command"] for run in runs)
         if "#" in family:  # tuned for one mask kind: every run says so
-            assert all(f"--tune-mask {family.split('#')[1]}" in run["command"]
-                       for run in entry["tuning"]), family
-        for run in entry["tuning"]:
+            assert all(f"--tune-mask {family.split('#')[1]}" in run["command"] for run in runs)
+        for run in runs:
             assert run["split"] == "val" and run["images"] and run["results"]
             assert run["command"].startswith("python3 scripts/bench_msflow.py")
             n_grid = 1
@@ -304,9 +318,9 @@ def test_defaults_table_records_its_tuning(method: str) -> None:
                       == run["chosen"]]
             assert len(chosen) == 1 and chosen[0]["psnr"] >= best - 0.1 - 1e-9, family
         searched: dict[str, object] = {}
-        for run in entry["tuning"]:
+        for run in runs:
             searched.update(run["chosen"])
-        assert {k: entry["options"][k] for k in searched} == searched
+        assert {k: options[k] for k in searched} == searched, family
 
 
 def test_cli_passes_the_ct_family(tmp_path, monkeypatch) -> None:
@@ -346,54 +360,57 @@ def test_bench_budget_fits_a_third_of_dflow_time() -> None:
     assert cap * 3.0 / 76.0 <= 6.28 / 3
 
 
-def test_defaults_per_image_size(monkeypatch) -> None:
-    """Options tuned at another image size overlay the 64² ones for images nearest it."""
-    from ctflow.solvers import latent_reg
+def _toy_presets() -> Presets:
+    def rec(options, size=64, mask=None):
+        return {"family": "inpainting", "size": size, "mask": mask, "options": options}
 
-    table = {"methods": {"msflow": {"generic": {"iters": 10, "init": "noise"}, "families": {
-        "inpainting": {"options": {"iters": 20}, "tuning": [],
-                       "sizes": {"128": {"options": {"init": "rollout"}, "tuning": []}}}}}}}
-    monkeypatch.setattr(latent_reg, "_defaults_table", lambda: table)
-    got = {n: latent_reg.tuned_defaults("msflow", "inpainting", n) for n in (32, 64, 96, 97, 256)}
+    family = {"iters": 20, "eta": 2.0}
+    return Presets(prior="toy", methods={"msflow": [
+        rec(family), rec({**family, "init": "rollout"}, size=128),
+        rec({**family, "init": "conjugate", "eta": 1.0}, mask="scattered")]})
+
+
+def _box(n: int) -> torch.Tensor:
+    mask = torch.ones(n, n, dtype=torch.bool)
+    mask[n // 4: 3 * n // 4, n // 4: 3 * n // 4] = False
+    return mask
+
+
+def test_defaults_per_image_size() -> None:
+    """Records tuned at another image size serve the images nearest it."""
+    prior = _prior()
+    prior.presets = _toy_presets()
+    generic = {**GENERIC, "init": "noise"}
+    got = {n: resolve_options("msflow", generic, prior, task_context(Inpainting(_box(n))))
+           for n in (32, 64, 96, 97, 256)}
     assert [g["init"] for g in got.values()] == ["noise", "noise", "noise", "rollout", "rollout"]
+    assert [g["tuned_at_size"] for g in got.values()] == [64, 64, 64, 128, 128]
     assert all(g["iters"] == 20 for g in got.values())
-    assert latent_reg.tuned_size("msflow", "inpainting", 200) == 128
-    assert latent_reg.tuned_size("msflow", "sr", 200) == 64  # no sizes entry
-    assert latent_reg.tuned_defaults("msflow", "inpainting")["init"] == "noise"
-    assert latent_reg.resolve_options("msflow", "inpainting", 128, init=None, iters=5) == \
-        {"init": "rollout", "iters": 5}
+    sr = resolve_options("msflow", generic, prior, task_context(SuperResolution(64, 2)))
+    assert sr["tuned_at_size"] is None and sr["init"] == "noise"  # no sr records
+    given = resolve_options("msflow", generic, prior, task_context(Inpainting(_box(128))),
+                            init=None, iters=5)
+    assert (given["init"], given["iters"]) == ("rollout", 5)
 
 
-def test_defaults_per_mask_kind(monkeypatch) -> None:
-    """Options tuned on scattered masks overlay the family's (and its size's) for operators
-    with such a mask; box masks and other operators keep the family's."""
-    from ctflow.solvers import latent_reg
-
-    generic = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))["methods"]["msflow"][
-        "generic"]
-    table = {"methods": {"msflow": {"generic": {**generic, "iters": 10, "init": "noise",
-                                                "eta": 1.0},
-                                    "families": {"inpainting": {
-        "options": {"iters": 20, "eta": 2.0}, "tuning": [],
-        "sizes": {"128": {"options": {"init": "rollout"}, "tuning": []}},
-        "masks": {"scattered": {"options": {"init": "conjugate", "eta": 1.0},
-                                "tuning": []}}}}}}}
-    monkeypatch.setattr(latent_reg, "_defaults_table", lambda: table)
+def test_defaults_per_mask_kind() -> None:
+    """Records tuned on scattered masks serve operators with such a mask at any size; box
+    masks and other operators keep the family's."""
     box = torch.ones(16, 16, dtype=torch.bool)
     box[4:12, 4:12] = False
     scattered = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) > 0.7
     kinds = [mask_kind(Inpainting(m)) for m in (box, scattered)]
     assert kinds == [None, "scattered"]
+    presets = _toy_presets()
     for size in (64, 128):
-        got = [latent_reg.tuned_defaults("msflow", "inpainting", size, k) for k in kinds]
-        assert [(g["init"], g["eta"], g["iters"]) for g in got] == \
+        got = [preset_options(presets, "msflow", "inpainting", size, k) for k in kinds]
+        assert [(g.get("init", "noise"), g["eta"], g["iters"]) for g in got] == \
             [("noise" if size == 64 else "rollout", 2.0, 20), ("conjugate", 1.0, 20)]
-    assert latent_reg.tuned_mask("msflow", "inpainting", "scattered") == "scattered"
-    assert latent_reg.tuned_mask("msflow", "sr", "scattered") is None
     prior = _prior()
+    prior.presets = presets
     op = Inpainting(torch.rand(N, N, generator=torch.Generator().manual_seed(1)) > 0.7)
-    assert op.scattered
+    assert mask_kind(op) == "scattered"
     y = op(prior.sample_data(1, seed=2).float())
     out = msflow(y, op, prior=prior, noise_std=0.01, task_family="inpainting", iters=1)
     assert out.info["options"]["init"] == "conjugate"
-    assert out.info["options"]["tuned_mask"] == "scattered"
+    assert out.info["options"]["presets"] == "toy"

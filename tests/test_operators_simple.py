@@ -103,21 +103,6 @@ def test_projector_pinv_solve_normal(name):
     assert torch.allclose(op.T(op(sol)), px, atol=1e-8)
 
 
-def test_inpainting_mask_kind():
-    """edge_fraction: share of missing pixels with an observed 4-neighbour."""
-    box = torch.ones(8, 8, dtype=torch.bool)
-    box[2:6, 2:6] = False  # 16 missing, the 12 on the ring touch data
-    assert Inpainting(box).edge_fraction == 12 / 16 and Inpainting(box).scattered
-    box = torch.ones(16, 16, dtype=torch.bool)
-    box[2:14, 2:14] = False  # 144 missing, 44 on the ring
-    assert Inpainting(box).edge_fraction == pytest.approx(44 / 144)
-    assert not Inpainting(box).scattered
-    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 == 0
-    assert Inpainting(checker).edge_fraction == 1.0 and Inpainting(checker).scattered
-    assert Inpainting(torch.ones(4, 4, dtype=torch.bool)).edge_fraction == 1.0
-    assert Inpainting(torch.zeros(4, 4, dtype=torch.bool)).edge_fraction == 0.0
-
-
 def test_pinv_exact_for_masks_and_pooling():
     m = _mask()
     x = torch.randn(1, 1, N, N, dtype=torch.float64)

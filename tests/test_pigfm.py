@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +16,15 @@ from _scripts import load_script
 from scipy.integrate import solve_ivp
 
 import ctflow
-from ctflow.errors import MethodError
+from ctflow.errors import MethodError, PriorError
 from ctflow.operators import SuperResolution
 from ctflow.priors.gaussian import GaussianPrior
+from ctflow.priors.presets import FAMILIES, Presets, load_presets, select_record
 from ctflow.solvers.common import seeded_noise
-from ctflow.solvers.conjugate import conjugate
-from ctflow.solvers.guidance import r2, record_size
-from ctflow.solvers.pigfm import otode, pigfm
+from ctflow.solvers.conjugate import GENERIC, conjugate
+from ctflow.solvers.context import resolve_options, task_context
+from ctflow.solvers.guidance import r2
+from ctflow.solvers.pigfm import GENERIC_OTODE, GENERIC_PIGFM, otode, pigfm
 
 N = 4
 NFES = (5, 10, 20, 40, 80)
@@ -143,126 +146,170 @@ def test_seeded_and_bad_input():
         pigfm(y, op, prior=prior, tau=-0.1)
 
 
-def _tuning_table():
-    from ctflow.solvers.guidance import DEFAULTS_FILE
-
-    return json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
-
-
+PRIORS_DIR = Path(__file__).resolve().parents[1] / "data" / "priors"
+TUNING_LOG = Path(__file__).resolve().parents[1] / "docs" / "tuning" / "guided.json"
 GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
+OPTION_KEYS = ("w", "tau", "gamma", "t0", "rho_scale", "lam", "order")
 
 
-def test_tuned_defaults_are_the_validation_argmax():
-    """Every guided sampler has its own records for every family at 5 NFE, each the best
-    score of the validation grid of the run that chose it; the methods compared on one
-    problem (family, image size, noise setting, mask kind) had grids of the same size."""
-    from ctflow.solvers.common import FAMILIES
+def _presets(name: str) -> Presets:
+    presets = load_presets(PRIORS_DIR / f"{name}.presets.json")
+    assert presets is not None
+    return presets
 
-    table = _tuning_table()
-    runs = table["tuning"]
+
+def _toy_with(presets: Presets | None) -> GaussianPrior:
+    prior = make_toy()[0]
+    prior.presets = presets
+    return prior
+
+
+@pytest.mark.parametrize("name", ["phantom-64", "phantom-128"])
+def test_tuned_presets_are_the_validation_argmax(name):
+    """Every guided sampler has its own records for every family at 5 NFE in the presets of
+    each shipped prior; each record tuned with that prior is the best score of the
+    validation grid of the run that chose it (docs/tuning/guided.json); the methods
+    compared on one problem (family, size, noise, mask kind) had grids of the same size."""
+    presets = _presets(name)
+    runs = json.loads(TUNING_LOG.read_text(encoding="utf-8"))["runs"]
     assert runs and all("split='val'" in run["images"] for run in runs)
     by_command = {run["command"]: run["grid"] for run in runs}
-    sizes = {}
+    sizes: dict[tuple, set[int]] = {}
+    checked = 0
     for method in GUIDED:
-        records = table["methods"][method]["tuned"]
+        records = presets.records(method)
         for family in FAMILIES:
-            assert any(r["family"] == family and not r["jacobian"] and r["nfe"] == 5
-                       for r in records), (method, family)
-        for rec in records:
-            variant = method + ("+vjp" if rec["jacobian"] else "")
-            noisy = bool(rec.get("noisy", False))
-            mask = rec.get("mask")
-            grid = by_command[rec["tuned_by"]]
-            rows = [g for g in grid if (g["variant"], g["family"], record_size(g),
-                                        bool(g.get("noisy")), g.get("mask"), g["nfe"])
-                    == (variant, rec["family"], record_size(rec), noisy, mask, rec["nfe"])]
-            if not rec["jacobian"]:  # the methods compared with each other
-                sizes.setdefault((rec["family"], record_size(rec), noisy, mask),
-                                 set()).add(len(rows))
-            names = [k for k in ("w", "tau", "gamma", "t0", "rho_scale", "lam", "order") if k in rec
-                     and any(k in g for g in rows)]
-            same = [g for g in rows if all(g[k] == rec[k] for k in names)]
-            assert len(same) == 1 and same[0]["psnr_val"] == rec["psnr_val"], rec
-            assert rec["psnr_val"] == max(g["psnr_val"] for g in rows), rec
-    assert all(len(v) == 1 for v in sizes.values()), sizes  # same grid budget per kind
+            assert any(r["family"] == family and not r["requires"]["jacobian"]
+                       and r["nfe"] == 5 for r in records), (method, family)
+        own = [r for r in records if r["tuned"]["prior"] == name]
+        checked += len(own)
+        for rec in own:
+            jac = rec["requires"]["jacobian"]
+            variant = method + ("+vjp" if jac else "")
+            key = (variant, rec["family"], rec["size"], rec["noisy"], rec["mask"], rec["nfe"])
+            rows = [g for g in by_command[rec["tuned"]["command"]]
+                    if (g["variant"], g["family"], g.get("size", 64), bool(g.get("noisy")),
+                        g.get("mask"), g["nfe"]) == key]
+            if not jac:  # the methods compared with each other
+                sizes.setdefault(key[1:5], set()).add(len(rows))
+            opts = rec["options"]
+            names = [k for k in OPTION_KEYS if k in opts and any(k in g for g in rows)]
+            same = [g for g in rows if all(g[k] == opts[k] for k in names)]
+            assert len(same) == 1 and same[0]["psnr_val"] == rec["tuned"]["psnr_val"], rec
+            assert rec["tuned"]["psnr_val"] == max(g["psnr_val"] for g in rows), rec
+    assert checked >= 30 and all(len(v) == 1 for v in sizes.values()), sizes
 
 
 @pytest.mark.parametrize("method", GUIDED)
-def test_defaults_resolve_per_method_family_jacobian_size_and_budget(method):
-    from ctflow.solvers.guidance import resolve_options
-
-    toy_op = make_toy()[1]
-    records = _tuning_table()["methods"][method]["tuned"]
-    keys = ("w", "tau", "gamma", "t0")
-    keys = (*keys, "rho_scale")
-    sizes = sorted({record_size(r) for r in records})
-    ops = [toy_op, *(SuperResolution(image_size=n, factor=2) for n in sizes)]
+def test_presets_resolve_per_family_jacobian_noise_size_and_budget(method):
+    """resolve_options follows the documented precedence over the shipped records."""
+    presets = _presets("phantom-128")
+    prior = _toy_with(presets)
+    records = presets.records(method)
+    sizes = sorted({r["size"] for r in records})
+    ops = [make_toy()[1], *(SuperResolution(image_size=n, factor=2) for n in sizes)]
+    generic = {"conjugate": GENERIC, "conjugate-diffusion": GENERIC, "pigfm": GENERIC_PIGFM,
+               "otode": GENERIC_OTODE}[method]
     for op, family in itertools.product(ops, {r["family"] for r in records}):
         size = op.in_shape[-1]
         for jac, noisy in itertools.product((False, True), (False, True)):
-            mine = [r for r in records if r["family"] == family and r["jacobian"] == jac
-                    and not r.get("mask")]  # these operators have no scattered mask
-            # noisy calls use the noisy records, or the noiseless ones if there are none
-            own = [r for r in mine if bool(r.get("noisy")) == noisy] or \
-                [r for r in mine if not r.get("noisy")]
+            mine = [r for r in records if r["family"] == family
+                    and r["requires"]["jacobian"] == jac and not r["mask"]]
+            own = [r for r in mine if r["noisy"] == noisy] or [r for r in mine if not r["noisy"]]
             if not own:
                 continue
-            # then the records of the tuned image size nearest to the operator's
-            nearest = min({record_size(r) for r in own}, key=lambda n: (abs(n - size), n))
-            own = sorted((r for r in own if record_size(r) == nearest), key=lambda r: r["nfe"])
+            nearest = min({r["size"] for r in own}, key=lambda n: (abs(n - size), n))
+            own = sorted((r for r in own if r["size"] == nearest), key=lambda r: r["nfe"])
+            context = task_context(op, family, 0.1 if noisy else None)
             for nfe in (1, own[0]["nfe"], own[-1]["nfe"] + 1, 1000):
-                opts = resolve_options(method, op, family, nfe=nfe, noisy=noisy, jacobian=jac)
+                opts = resolve_options(method, generic, prior, context, nfe, ("jacobian",),
+                                       jacobian=jac)
                 want = [r for r in own if r["nfe"] <= nfe]
                 want = want[-1] if want else own[0]
                 assert opts["tuned_at_nfe"] == want["nfe"] and opts["jacobian"] == jac
-                assert opts["tuned_at_size"] == nearest
-                assert all(opts[k] == want[k] for k in keys if k in want)
+                assert opts["tuned_at_size"] == nearest and opts["presets"] == "phantom-128"
+                assert all(opts[k] == v for k, v in want["options"].items())
     # given options win over the tuned ones
-    family = records[0]["family"]
     name = "t0" if method == "otode" else "tau"
-    assert resolve_options(method, op, family, nfe=5, **{name: 0.123})[name] == 0.123
+    context = task_context(ops[0], records[0]["family"])
+    assert resolve_options(method, generic, prior, context, 5, **{name: 0.123})[name] == 0.123
 
 
-def test_tuned_record_prefers_the_nearest_tuned_size(monkeypatch):
-    """Records without a size are 64² ones; a call takes the records of the nearest size
-    (the smaller on a tie), after the noise filter."""
-    from ctflow.solvers import guidance
+def test_select_record_prefers_noise_then_the_nearest_tuned_size():
+    """Noise first, then the nearest tuned size (the smaller on a tie), then the budget."""
+    def rec(w, size, noisy=False, nfe=5):
+        return {"family": "ct", "size": size, "noisy": noisy, "nfe": nfe, "options": {"w": w}}
 
-    recs = [{"family": "ct", "jacobian": False, "nfe": 5, "w": 1.0},
-            {"family": "ct", "jacobian": False, "nfe": 5, "w": 2.0, "size": 128},
-            {"family": "ct", "jacobian": False, "nfe": 5, "w": 3.0, "noisy": True}]
-    monkeypatch.setattr(guidance, "_table", lambda: {"methods": {"pigfm": {"tuned": recs}}})
-    pick = guidance.tuned_record
-    assert [pick("pigfm", "ct", False, 5, size=n)["w"] for n in (32, 64, 95, 96, 97, 256)] \
-        == [1.0, 1.0, 1.0, 1.0, 2.0, 2.0]
-    assert pick("pigfm", "ct", False, 5)["w"] in (1.0, 2.0)  # any size
-    assert pick("pigfm", "ct", False, 5, noisy=True, size=128)["w"] == 3.0  # noise first
+    recs = [rec(1.0, 64), rec(2.0, 128), rec(3.0, 64, noisy=True), rec(4.0, 64, nfe=20)]
+    pick = [select_record(recs, "ct", False, None, n, 5, {})["options"]["w"]
+            for n in (32, 64, 95, 96, 97, 256)]
+    assert pick == [1.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    assert select_record(recs, "ct", True, None, 128, 5, {})["options"]["w"] == 3.0
+    assert select_record(recs, "ct", False, None, 64, 100, {})["options"]["w"] == 4.0
+    assert select_record(recs, "sr", False, None, 64, 5, {}) is None
+    assert select_record(recs, None, False, None, 64, 5, {}) is None
 
 
-def test_scattered_masks_take_their_own_records(monkeypatch):
+def test_scattered_masks_take_their_own_records():
     """Records tagged "mask": "scattered" serve scattered inpainting masks only; a box mask
     (or a family without such records) takes the untagged ones."""
     from ctflow.operators import Inpainting
-    from ctflow.solvers import guidance
 
-    recs = [{"family": "inpainting", "jacobian": False, "nfe": 5, "w": 1.0, "lam": 0.0},
-            {"family": "inpainting", "jacobian": False, "nfe": 5, "w": 2.0, "lam": -1.0,
-             "mask": "scattered"},
-            {"family": "ct", "jacobian": False, "nfe": 5, "w": 3.0, "lam": 0.0}]
-    monkeypatch.setattr(guidance, "_table", lambda: {"methods": {"conjugate": {
-        "generic": {"w": 9.0, "lam": 0.0, "tau": 0.2, "jacobian": False}, "tuned": recs}}})
+    def rec(family, w, lam, mask=None):
+        return {"family": family, "size": 32, "mask": mask, "nfe": 5,
+                "requires": {"jacobian": False}, "options": {"w": w, "lam": lam}}
+
+    presets = Presets(prior="toy", methods={"conjugate": [
+        rec("inpainting", 1.0, 0.0), rec("inpainting", 2.0, -1.0, "scattered"),
+        rec("ct", 3.0, 0.0)]})
+    prior = _toy_with(presets)
     box = torch.ones(32, 32, dtype=torch.bool)
     box[8:24, 8:24] = False
     scattered = torch.rand(32, 32, generator=torch.Generator().manual_seed(0)) > 0.7
-    picks = [guidance.resolve_options("conjugate", Inpainting(m), None, nfe=5)
-             for m in (box, scattered)]
+    picks = [resolve_options("conjugate", GENERIC, prior, task_context(Inpainting(m)), 5,
+                             ("jacobian",)) for m in (box, scattered)]
     assert [(o["w"], o["lam"]) for o in picks] == [(1.0, 0.0), (2.0, -1.0)]
-    assert guidance.tuned_record("conjugate", "ct", False, 5, mask="scattered")["w"] == 3.0
+    assert [task_context(Inpainting(m)).mask for m in (box, scattered)] == [None, "scattered"]
 
 
-def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path, monkeypatch):
+def test_a_prior_without_presets_gets_generic_defaults_and_a_warning(caplog):
+    """Never another prior's tuned values: no presets → the method's generic defaults."""
+    prior = _toy_with(None)
+    op = SuperResolution(image_size=64, factor=2)
+    with caplog.at_level("WARNING", logger="ctflow.solvers"):
+        opts = resolve_options("conjugate", GENERIC, prior, task_context(op), 5, ("jacobian",))
+    assert {k: opts[k] for k in GENERIC} == GENERIC and opts["presets"] is None
+    assert opts["tuned_at_nfe"] is None and "no tuned presets" in caplog.text
+    shipped = resolve_options("conjugate", GENERIC, _toy_with(_presets("phantom-64")),
+                              task_context(op), 5, ("jacobian",))
+    assert shipped["w"] != GENERIC["w"]  # the shipped prior does have tuned values here
+
+
+def test_user_prior_checkpoint_loads_its_own_presets(tmp_path):
+    """A checkpoint's presets are the NAME.presets.json beside it, and only that file."""
+    from ctflow.priors import load_prior
+    from ctflow.priors.checkpoint import save_prior
+
+    shipped = load_prior("phantom-64")
+    assert shipped.presets is not None and shipped.presets.prior == "phantom-64"
+    save_prior(shipped, tmp_path / "mine")
+    mine = load_prior(str(tmp_path / "mine.json"))
+    assert mine.presets is None
+    (tmp_path / "mine.presets.json").write_text(json.dumps({
+        "format": "ctflow-presets", "version": 1, "prior": "mine", "methods": {"conjugate": [
+            {"family": "ct", "size": 64, "nfe": 5, "options": {"w": 7.0}}]}}))
+    mine = load_prior(str(tmp_path / "mine.json"))
+    assert mine.presets.records("conjugate")[0]["options"] == {"w": 7.0}
+    (tmp_path / "mine.presets.json").write_text('{"format": "ctflow-presets", "version": 1, '
+                                               '"methods": {"conjugate": [{"family": "mri"}]}}')
+    with pytest.raises(PriorError, match="mine.presets.json"):
+        load_prior(str(tmp_path / "mine.json"))
+
+
+def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path):
     """bench_conjugate --tune: one record per budget, the best of its grid, saved to
-    --tune-out; --write-defaults replaces the record and drops runs no record names."""
+    --tune-out; --write-defaults puts the records into the presets beside the tuned
+    prior (replacing the one with the same selection key) and the grid into the log."""
     bc = load_script("bench_conjugate")
     out = tmp_path / "tune.json"
     assert bc.main(["--tune", "--size", "16", "--prior", "gaussian-fit", "--images", "1",
@@ -275,17 +322,21 @@ def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path, monkeypat
         rows = [g for g in result["grid"] if g["nfe"] == rec["nfe"]]
         assert rec["psnr_val"] == max(g["psnr_val"] for g in rows)
         assert rec["size"] == 16 and rec["method"] == "pigfm"
-    table = {"methods": {"pigfm": {"tuned": [
-        {"family": "inpainting", "size": 16, "jacobian": False, "nfe": 2, "w": 9.0,
-         "tuned_by": "old run"}]}}, "tuning": [{"command": "old run", "grid": []}]}
-    defaults = tmp_path / "defaults.json"
-    defaults.write_text(json.dumps(table), encoding="utf-8")
-    monkeypatch.setattr(bc, "DEFAULTS_FILE", defaults)
-    assert bc.main(["--write-defaults", str(out)]) == 0
-    merged = json.loads(defaults.read_text(encoding="utf-8"))
-    assert [r["nfe"] for r in merged["methods"]["pigfm"]["tuned"]] == [2, 3]
-    assert all(r["tuned_by"] == result["command"] for r in merged["methods"]["pigfm"]["tuned"])
-    assert [run["command"] for run in merged["tuning"]] == [result["command"]]
+    stem = tmp_path / "toy"
+    (tmp_path / "toy.presets.json").write_text(json.dumps({
+        "format": "ctflow-presets", "version": 1, "prior": "gaussian-fit", "methods": {"pigfm": [
+            {"family": "inpainting", "size": 16, "nfe": 2, "requires": {"jacobian": False},
+             "options": {"w": 9.0}, "tuned": {"command": "old run"}},
+            {"family": "ct", "size": 16, "nfe": 2, "requires": {"jacobian": False},
+             "options": {"w": 5.0}, "tuned": {"command": "kept"}}]}}))
+    log = tmp_path / "log.json"
+    bc.write_defaults([str(out)], str(stem), log)
+    merged = load_presets(tmp_path / "toy.presets.json").records("pigfm")
+    inpainting = [r for r in merged if r["family"] == "inpainting"]
+    assert [r["nfe"] for r in inpainting] == [2, 3]
+    assert all(r["tuned"]["command"] == result["command"] for r in inpainting)
+    assert [r["options"]["w"] for r in merged if r["family"] == "ct"] == [5.0]
+    assert [run["command"] for run in json.loads(log.read_text())["runs"]] == [result["command"]]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from .presets import Presets
+
 
 class Prior:
     """Base class: subclasses implement ``_velocity(x, t)`` on model-space tensors."""
@@ -27,6 +29,9 @@ class Prior:
     image_size: int
     scale: float = 1.0  # x_model = scale * mu + offset
     offset: float = 0.0
+    name: str = "(unnamed)"
+    # Solver options tuned with this prior (ctflow.priors.presets); None: generic defaults.
+    presets: Presets | None = None
 
     def __init__(self) -> None:
         self.nfe = 0

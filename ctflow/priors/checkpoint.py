@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import PriorError
 from .flow import FlowPrior
+from .presets import load_presets, presets_path
 
 FORMAT = "ctflow-prior"
 VERSION = 1
@@ -126,6 +127,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Flo
         raise PriorError(f"{weights_path}: weights do not match the config ({first})") from exc
     if not all(bool(torch.isfinite(v).all()) for v in state.values()):
         raise PriorError(f"{weights_path}: weights contain NaN or Inf")
+    prior.name = str(config.get("name") or weights_path.stem)
+    prior.presets = load_presets(presets_path(weights_path.with_suffix("")))
     return prior.to(device)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
 
@@ -50,45 +49,3 @@ def seeded_noise(shape: tuple[int, ...], seed: int, like: torch.Tensor) -> torch
     """Standard normal noise from a CPU generator (same seed, same noise on any device)."""
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(like.device, like.dtype)
-
-
-# Task families whose tuned defaults the flow solvers keep (see the *_defaults.json files).
-FAMILIES = ("ct", "inpainting", "sr", "blur")
-_FAMILY_OF_CLASS = {"ParallelBeam2D": "ct", "FanBeam2D": "ct", "Inpainting": "inpainting",
-                    "SuperResolution": "sr", "GaussianBlur": "blur"}
-
-
-def check_family(task_family: str | None) -> str | None:
-    """``task_family`` itself if it is None or a known family; MethodError otherwise."""
-    if task_family is not None and task_family not in FAMILIES:
-        raise MethodError(f"unknown task_family {task_family!r}; choose one of "
-                          f"{', '.join(FAMILIES)} or None")
-    return task_family
-
-
-def operator_family(op: LinearOperator) -> str | None:
-    """Task family of an operator from its class (or a base class) name; None if unknown."""
-    for cls in type(op).__mro__:
-        if cls.__name__ in _FAMILY_OF_CLASS:
-            return _FAMILY_OF_CLASS[cls.__name__]
-    return None
-
-
-# Image size at which the defaults tables' family settings were tuned; settings tuned at
-# another size say so, and a call takes those of the tuned size nearest to its image.
-TUNED_SIZE = 64
-
-
-def nearest_size(tuned: set[int], size: int) -> int:
-    """The tuned image size nearest to ``size`` (the smaller on a tie)."""
-    return min(tuned, key=lambda n: (abs(n - size), n))
-
-
-SCATTERED = "scattered"
-
-
-def mask_kind(op: LinearOperator) -> str | None:
-    """"scattered" for an inpainting operator whose holes are mostly next to data
-    (``Inpainting.scattered``: 70 % random masks), else None (boxes, other operators);
-    the tuned-defaults tables keep separate settings for scattered masks."""
-    return SCATTERED if bool(getattr(op, "scattered", False)) else None

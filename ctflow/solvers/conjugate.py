@@ -56,10 +56,10 @@ from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .conjugate_coeffs import StepCoefficients, step_coefficients
+from .context import resolve_options, task_context
 from .guidance import (
     GuidanceTarget,
     check_unit_interval,
-    resolve_options,
     start_state,
     steps_for_budget,
     uniform_grid,
@@ -67,6 +67,9 @@ from .guidance import (
 )
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
+
+# Generic defaults of both conjugate integrators (a prior's presets overlay them).
+GENERIC = {"w": 100.0, "lam": 0.0, "tau": 0.2, "jacobian": False, "rho_scale": 1.0, "order": 1}
 
 
 class ConjugateMap:
@@ -116,7 +119,7 @@ def conjugate(
     task_family: str | None = None,
 ) -> SolverOutput:
     """C-ΠGFM (see module docstring).  ``nfe`` is the budget: nfe steps (jacobian=False) or
-    nfe // 2 (jacobian=True).  Defaults (w, lam, tau) come from conjugate_defaults.json: the
+    nfe // 2 (jacobian=True).  Defaults (w, lam, tau) come from the prior's presets: the
     record tuned on the validation split for the task family (inferred from the operator
     unless ``task_family``), the jacobian setting and the largest tuned budget ≤ nfe.
     ``noise_std`` None or 0: noiseless (ŷ = A⁺y); else the noise-aware target with weight
@@ -127,8 +130,8 @@ def conjugate(
     prior at 5 NFE (2 steps) it scored −4.1 (ct60), −2.6 (inpaint-box), −0.1 (sr4) and
     −7.3 dB (blur) against jacobian=False on the validation images; at 20 NFE +0.2, 0.0,
     +0.7 and −3.8 dB, for twice the cost per step."""
-    opts = resolve_options("conjugate", op, task_family, nfe=nfe, noisy=bool(noise_std),
-                           w=w, lam=lam, tau=tau, rho_scale=rho_scale,
+    opts = resolve_options("conjugate", GENERIC, prior, task_context(op, task_family, noise_std),
+                           nfe, ("jacobian",), w=w, lam=lam, tau=tau, rho_scale=rho_scale,
                            jacobian=jacobian, order=order)
     _check_order(opts)
     tau = check_unit_interval("tau", opts["tau"])
@@ -158,9 +161,10 @@ def conjugate_diffusion(
     """C-ΠGDM (see module docstring): conjugate integration of the ΠGDM-guided VP
     probability-flow ODE of the flow prior, ε̂ frozen per step, VP grid (linear β).
     ``tau`` (flow time of the start, > 0) and the other options as in :func:`conjugate`."""
-    opts = resolve_options("conjugate-diffusion", op, task_family, nfe=nfe, noisy=bool(noise_std),
-                           w=w, lam=lam, tau=tau, rho_scale=rho_scale,
-                           jacobian=jacobian, order=order)
+    opts = resolve_options("conjugate-diffusion", GENERIC, prior,
+                           task_context(op, task_family, noise_std), nfe, ("jacobian",),
+                           w=w, lam=lam, tau=tau, rho_scale=rho_scale, jacobian=jacobian,
+                           order=order)
     _check_order(opts)
     tau = check_unit_interval("tau", opts["tau"], low_open=True)
     steps = steps_for_budget(nfe, 2 if opts["jacobian"] else 1)
@@ -265,7 +269,7 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
         "grid": [float(t) for t in coef.grid],
         "params": {k: opts.get(k) for k in ("w", "lam", "tau", "jacobian", "rho_scale", "order",
                                          "task_family", "tuned_at_nfe",
-                                         "tuned_at_size")},
+                                         "tuned_at_size", "presets")},
         "steps": steps,
         "noise_std_model": problem.noise_std,
     }

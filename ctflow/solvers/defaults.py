@@ -1,11 +1,5 @@
-"""Per-task defaults of the flow baselines (PnP-Flow, FlowDPS, DPS, Flower) and the two
-scale constants they share.
-
-The defaults live in ``baseline_defaults.json`` next to this module: for every method a
-``generic`` set of options and, per task family (``ct``, ``inpainting``, ``sr``, ``blur``),
-the options chosen on the validation split by ``scripts/tune_baselines.py``.  A solver
-calls :func:`resolve` with the options the user gave (None = not given); given values win,
-then the family's tuned values, then the generic ones.
+"""Pieces shared by the flow baselines (PnP-Flow, FlowDPS, DPS, Flower): option checks,
+seeded noise and the two scale constants.
 
 Scale conventions shared by the baselines (model space, see ``common.py``):
 
@@ -18,55 +12,14 @@ Scale conventions shared by the baselines (model space, see ``common.py``):
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
-
 import torch
 
 from ..errors import MethodError
 from ..operators import LinearOperator
-from .common import check_family
 
-DEFAULTS_FILE = Path(__file__).with_name("baseline_defaults.json")
 METHODS = ("pnpflow", "flowdps", "dps", "flower")
 SIGMA_FLOOR_REL = 1e-3
 POWER_ITERS = 30
-
-
-@lru_cache(maxsize=1)
-def _table() -> dict[str, Any]:
-    with DEFAULTS_FILE.open(encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def method_defaults(method: str, task_family: str | None = None,
-                    noisy: bool = False) -> dict[str, Any]:
-    """The default options of ``method``: generic ones overlaid with the family's tuned ones,
-    and for noisy data with the family's noisy-data ones (key ``"<family>-noisy"``) if any."""
-    if method not in METHODS:
-        raise MethodError(f"no baseline defaults for method {method!r}")
-    check_family(task_family)
-    entry = _table()["methods"][method]
-    out = dict(entry["generic"])
-    if task_family is not None:
-        families = entry.get("families", {})
-        out.update(families.get(task_family, {}))
-        if noisy:
-            out.update(families.get(f"{task_family}-noisy", {}))
-    return out
-
-
-def resolve(method: str, task_family: str | None, noisy: bool = False,
-            **given: Any) -> dict[str, Any]:
-    """Options of a call: each given (non-None) value, else the default for the family
-    (and noise: ``noisy`` when the call has a noise level)."""
-    defaults = method_defaults(method, task_family, noisy)
-    missing = [k for k, v in given.items() if v is None and k not in defaults]
-    if missing:
-        raise MethodError(f"{method}: no default for option(s) {', '.join(missing)}")
-    return {k: (defaults[k] if v is None else v) for k, v in given.items()}
 
 
 def lipschitz(op: LinearOperator, like: torch.Tensor) -> float:

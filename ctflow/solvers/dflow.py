@@ -26,11 +26,13 @@ from tqdm.auto import tqdm
 from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import SolverOutput, mask_kind, model_problem, seeded_noise
-from .latent_reg import data_sigma, invert_euler, radial_reg, resolve_options, warm_start
-from .latent_reg import task_family as family_of
+from .common import SolverOutput, model_problem, seeded_noise
+from .context import resolve_options, task_context
+from .latent_reg import data_sigma, invert_euler, radial_reg, warm_start
 
 INITS = ("inverse", "noise", "conjugate")
+# Generic defaults (a prior's presets overlay them).
+GENERIC = {"steps": 8, "iters": 10, "lam": 1.0, "init": "inverse"}
 
 
 def rollout(prior: Prior, z: torch.Tensor, steps: int) -> torch.Tensor:
@@ -63,13 +65,14 @@ def dflow(
     ``iters`` L-BFGS iterations (at most 1.25·iters evaluations of L and ∇L), ``lam`` the
     radial-regulariser weight, ``nfe`` an optional cap on network evaluations.  Options left
     at None take the defaults of ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None:
-    from the operator's class) tuned on the validation split (``msflow_defaults.json``).
+    from the operator's class) tuned on the validation split (the prior's presets).
     The returned image is the rollout of the evaluated z with the lowest loss;
     ``info["history"]`` holds L and its two parts per evaluation.
     """
-    family = family_of(op, task_family)
-    o = resolve_options("dflow", family, int(op.in_shape[-1]), mask_kind(op), steps=steps,
-                        iters=iters, lam=lam, init=init)
+    context = task_context(op, task_family, noise_std)
+    family = context.family
+    o = resolve_options("dflow", GENERIC, prior, context, steps=steps, iters=iters, lam=lam,
+                        init=init)
     steps, iters, lam, init = o["steps"], o["iters"], o["lam"], o["init"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                for v in (steps, iters, lam, lr)):
@@ -124,7 +127,7 @@ def dflow(
     bar.close()
     info: dict[str, Any] = {"history": history, "sigma": sigma, "evaluations":
                             len(history["objective"]), "euler_steps": steps,
-                            "options": {**o, "task_family": family}}
+                            "options": o}
     if z.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(z.device)
     return SolverOutput(image=prob.to_physical(best["x"]), nfe=prior.nfe - nfe0, info=info)

@@ -23,7 +23,11 @@ from tqdm import tqdm
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
-from .defaults import check_positive, check_steps, lipschitz, noise_stream, randn_like, resolve
+from .context import resolve_options, task_context
+from .defaults import check_positive, check_steps, lipschitz, noise_stream, randn_like
+
+# Generic defaults (a prior's presets overlay them).
+GENERIC = {"nfe": 40, "zeta": 30.0}
 
 
 def dps(
@@ -43,8 +47,8 @@ def dps(
     Options (None → per-family default): ``nfe`` budget (2 per step), ``zeta`` guidance
     strength, ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("dps", task_family, bool(noise_std),
-                nfe=nfe, zeta=zeta)
+    o = resolve_options("dps", GENERIC, prior, task_context(op, task_family, noise_std),
+                        nfe=nfe, zeta=zeta)
     steps = check_steps("dps", o["nfe"], per_step=2)
     check_positive("dps", zeta=o["zeta"])
     mp = model_problem(y, op, prior, noise_std)
@@ -60,7 +64,8 @@ def dps(
         v, grad = _velocity_and_residual_grad(prior, op, mp.y, x, t)
         x = x + dt * (v - scale * grad)
 
-    info = {"steps": steps, "sigma_model": mp.noise_std, "options": o, "task_family": task_family}
+    info = {"steps": steps, "sigma_model": mp.noise_std, "options": o,
+            "task_family": o["task_family"]}
     return SolverOutput(image=mp.to_physical(x), nfe=prior.nfe - nfe0, info=info)
 
 

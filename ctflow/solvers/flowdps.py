@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
+from .context import resolve_options, task_context
 from .defaults import (
     check_int,
     check_positive,
@@ -36,8 +37,10 @@ from .defaults import (
     lipschitz,
     noise_stream,
     randn_like,
-    resolve,
 )
+
+# Generic defaults (a prior's presets overlay them).
+GENERIC = {"nfe": 20, "dc_steps": 30, "eta": 1.9}
 
 
 def flowdps(
@@ -59,8 +62,8 @@ def flowdps(
     the clean estimate per flow step, ``eta`` their step relative to 1/‖A‖² (stable below
     2), ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("flowdps", task_family, bool(noise_std),
-                nfe=nfe, dc_steps=dc_steps, eta=eta)
+    o = resolve_options("flowdps", GENERIC, prior, task_context(op, task_family, noise_std),
+                        nfe=nfe, dc_steps=dc_steps, eta=eta)
     steps = check_steps("flowdps", o["nfe"])
     check_positive("flowdps", eta=o["eta"])
     check_int("flowdps", "dc_steps", o["dc_steps"], 0)
@@ -85,5 +88,5 @@ def flowdps(
             x = t_next * x1_bar + (1.0 - t_next) * eps_mix
 
     info = {"steps": steps, "sigma_model": mp.noise_std, "lipschitz": lip, "options": o,
-            "task_family": task_family}
+            "task_family": o["task_family"]}
     return SolverOutput(image=mp.to_physical(x), nfe=prior.nfe - nfe0, info=info)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
+from .context import resolve_options, task_context
 from .defaults import (
     check_int,
     check_positive,
@@ -35,8 +36,10 @@ from .defaults import (
     lipschitz,
     noise_stream,
     randn_like,
-    resolve,
 )
+
+# Generic defaults (a prior's presets overlay them).
+GENERIC = {"nfe": 20, "nu_scale": 2.0, "cg_iters": 20}
 
 
 def flower(
@@ -58,8 +61,8 @@ def flower(
     prior width ν, ``cg_iters`` CG iterations of the proximal step, ``task_family``
     ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("flower", task_family, bool(noise_std),
-                nfe=nfe, nu_scale=nu_scale, cg_iters=cg_iters)
+    o = resolve_options("flower", GENERIC, prior, task_context(op, task_family, noise_std),
+                        nfe=nfe, nu_scale=nu_scale, cg_iters=cg_iters)
     steps = check_steps("flower", o["nfe"])
     check_positive("flower", nu_scale=o["nu_scale"])
     check_int("flower", "cg_iters", o["cg_iters"], 1)
@@ -86,5 +89,5 @@ def flower(
                 x = x1_tilde
 
     info = {"steps": steps, "sigma_model": sigma, "lipschitz": lip, "options": o,
-            "task_family": task_family}
+            "task_family": o["task_family"]}
     return SolverOutput(image=mp.to_physical(x), nfe=prior.nfe - nfe0, info=info)

@@ -22,29 +22,14 @@ the noiseless structure (c·ŷ is a forcing in P's range, −c·P x a stiff line
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import MethodError
-from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import (
-    TUNED_SIZE,
-    ModelProblem,
-    check_family,
-    mask_kind,
-    nearest_size,
-    operator_family,
-    seeded_noise,
-)
-
-DEFAULTS_FILE = Path(__file__).with_name("conjugate_defaults.json")
+from .common import ModelProblem, seeded_noise
 
 
 # -- network calls -----------------------------------------------------------------------
@@ -134,77 +119,3 @@ def check_unit_interval(name: str, value: float, low_open: bool = False) -> floa
         interval = "(0, 1)" if low_open else "[0, 1)"
         raise MethodError(f"{name} must lie in {interval}, got {value}")
     return value
-
-
-# -- defaults ----------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _table() -> dict[str, Any]:
-    with DEFAULTS_FILE.open(encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-TUNED_META = ("family", "jacobian", "nfe", "noisy", "psnr_val", "task", "size", "mask",
-              "tuned_by")
-
-
-def record_size(record: dict[str, Any]) -> int:
-    """The image size a tuned record was tuned at."""
-    return int(record.get("size", TUNED_SIZE))
-
-
-def tuned_record(method: str, family: str | None, jacobian: bool, nfe: int | None,
-                 noisy: bool = False, size: int | None = None,
-                 mask: str | None = None) -> dict[str, Any] | None:
-    """The validation-tuned setting of (method, family, jacobian, noisy data, image size,
-    mask kind) for a budget.
-
-    Records tuned on noisy data (``"noisy": true``) serve noisy calls; a noisy call falls
-    back to the noiseless records when its family has none.  Likewise records tuned on
-    scattered masks (``"mask": "scattered"``) serve calls with such a mask (falling back to
-    the records without a mask kind) and only those, before the size filter: the mask
-    kind matters more (128² validation, 70 % random masks, C-ΠGFM at 5 NFE: 27.88 dB with
-    the 64² scattered record, 26.38 with the 128² box one).  Of those, the records tuned at
-    the image size nearest to ``size`` (the smaller on a tie; None: any size).  Among them
-    the one tuned at the largest budget ≤ ``nfe``, else the smallest budget tuned; None if
-    the family has no record for this jacobian setting.
-    """
-    records = [r for r in _table()["methods"][method].get("tuned", [])
-               if r["family"] == family and bool(r["jacobian"]) == bool(jacobian)]
-    matching = [r for r in records if bool(r.get("noisy", False)) == bool(noisy)]
-    records = matching or [r for r in records if not r.get("noisy", False)]
-    same_mask = [r for r in records if r.get("mask") == mask]
-    records = same_mask or [r for r in records if r.get("mask") is None]
-    if not records:
-        return None
-    if size is not None:
-        nearest = nearest_size({record_size(r) for r in records}, size)
-        records = [r for r in records if record_size(r) == nearest]
-    below = [r for r in records if nfe is not None and r["nfe"] <= nfe]
-    if below:
-        return max(below, key=lambda r: r["nfe"])
-    return min(records, key=lambda r: r["nfe"])
-
-
-def resolve_options(method: str, op: LinearOperator, task_family: str | None,
-                    nfe: int | None = None, noisy: bool = False, **given: Any) -> dict[str, Any]:
-    """Options of a call, by priority: the given (non-None) ones; the family's record tuned
-    on the validation split for this jacobian setting, noise, budget and the operator's
-    image size and mask kind (:func:`tuned_record`); the family's fixed values; the
-    method's generic values."""
-    check_family(task_family)
-    family = task_family or operator_family(op)
-    entry = _table()["methods"][method]
-    out = dict(entry["generic"])
-    if family is not None:
-        out.update(entry.get("families", {}).get(family, {}))
-    if given.get("jacobian") is not None:
-        out["jacobian"] = bool(given["jacobian"])
-    record = tuned_record(method, family, bool(out.get("jacobian", False)), nfe, noisy,
-                          size=int(op.in_shape[-1]), mask=mask_kind(op))
-    if record is not None:
-        out.update({k: v for k, v in record.items() if k not in TUNED_META})
-    out.update({k: v for k, v in given.items() if v is not None})
-    out["task_family"] = family
-    out["tuned_at_nfe"] = None if record is None else record["nfe"]
-    out["tuned_at_size"] = None if record is None else record_size(record)
-    return out

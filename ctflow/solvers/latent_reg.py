@@ -11,27 +11,16 @@
   per-item start and end time, without a graph (``euler_flow``) and their exact
   vector–Jacobian product through the stored states (``euler_vjp``);
 * the data-term weight σ used when the measurements are noiseless;
-* the per-task-family defaults of both solvers, read from ``msflow_defaults.json`` next to
-  this module (``tuned_defaults``): for each method a ``generic`` option set overlaid by the
-  options tuned for the family on the validation split (``scripts/bench_msflow.py --tune``,
-  which also stores the commands, images and grid scores there).
+* the C-ΠGFM warm start both can begin from.
 """
 
 from __future__ import annotations
-
-import json
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import TUNED_SIZE, check_family, nearest_size, operator_family
 from .conjugate import conjugate
-
-DEFAULTS_FILE = Path(__file__).with_name("msflow_defaults.json")
 
 # Model-space data std used for noiseless data, relative to the RMS of the measurements:
 # σ = NOISELESS_REL_STD · RMS(y).  The data term then acts as a (strong) penalty.
@@ -132,63 +121,3 @@ def invert_euler(prior: Prior, x1: torch.Tensor, grid: list[float], steps: int
                 u = u - h * prior.velocity(u, t)
             out.append(u)
     return out[::-1]
-
-
-@lru_cache(maxsize=1)
-def _defaults_table() -> dict[str, Any]:
-    with DEFAULTS_FILE.open(encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def task_family(op: LinearOperator, given: str | None) -> str | None:
-    """The task family: ``given`` if set (checked), else from the operator's class (or a base
-    class) name, else None (generic defaults)."""
-    return check_family(given) or operator_family(op)
-
-
-def _family_entry(method: str, family: str | None) -> dict[str, Any]:
-    """The family's entry of ``method`` in msflow_defaults.json ({} if it has none)."""
-    return _defaults_table()["methods"][method].get("families", {}).get(family or "", {})
-
-
-def tuned_size(method: str, family: str | None, size: int | None) -> int:
-    """The tuned image size whose options serve an image of ``size``: the nearest of 64 and
-    the family's ``sizes`` entries (the smaller on a tie; None: 64)."""
-    entry = _family_entry(method, family)
-    if size is None:
-        return TUNED_SIZE
-    return nearest_size({TUNED_SIZE, *(int(n) for n in entry.get("sizes", {}))}, size)
-
-
-def tuned_mask(method: str, family: str | None, mask: str | None) -> str | None:
-    """``mask`` if the family has options tuned for that mask kind (``masks`` entry), else
-    None."""
-    if mask is None or mask not in _family_entry(method, family).get("masks", {}):
-        return None
-    return mask
-
-
-def tuned_defaults(method: str, family: str | None, size: int | None = None,
-                   mask: str | None = None) -> dict[str, Any]:
-    """Default options of ``method`` ("msflow" or "dflow"): generic, overlaid by the family's
-    (tuned at 64²), by the family's options tuned at the size nearest to ``size``, then by
-    those tuned for the operator's mask kind (``mask``, e.g. "scattered"; the mask kind
-    decides more than the size, as for the guided samplers' records)."""
-    out = dict(_defaults_table()["methods"][method]["generic"])
-    if family is not None:
-        fam = _family_entry(method, family)
-        out.update(fam.get("options", {}))
-        nearest = tuned_size(method, family, size)
-        if nearest != TUNED_SIZE:
-            out.update(fam["sizes"][str(nearest)]["options"])
-        if tuned_mask(method, family, mask) is not None:
-            out.update(fam["masks"][mask]["options"])
-    return out
-
-
-def resolve_options(method: str, family: str | None, size: int | None = None,
-                    mask: str | None = None, **given: Any) -> dict[str, Any]:
-    """Each given (non-None) option wins over the family default for the image size and
-    mask kind, then the generic one."""
-    defaults = tuned_defaults(method, family, size, mask)
-    return {k: (defaults[k] if v is None else v) for k, v in given.items()}

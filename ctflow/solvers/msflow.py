@@ -43,11 +43,11 @@ C-ΠGFM reconstruction at its tuned 5-NFE defaults (``conjugate.py``), run backw
 "inverse", and the image starts there (5 + K·M extra evaluations once).  Inverting A⁺y puts
 the trajectory where the pseudo-inverse's null-space content (zeros in the holes, flat 4×4
 blocks for SR) leads, and the local moves rarely leave it.  On the validation split (64²,
-``msflow_defaults.json``) the warm start wins for CT (44.14 dB against 41.81 for "rollout"),
+the validation split) the warm start wins for CT (44.14 dB against 41.81 for "rollout"),
 SR, blur and scattered-mask inpainting (31.99 against 29.78), "rollout" for box-like holes.
 
 Defaults per task family (K, M, iterations, μ for noiseless / noisy data, λ, init, η) are
-read from ``msflow_defaults.json``, where the tuning commands and grid scores are kept.
+stored in the prior's presets (tuning commands and grid scores in docs/tuning/latent.json).
 A geometric μ schedule (μ ← γμ per iteration, ``mu_growth`` γ) was measured there and is off
 everywhere: validation PSNR for γ = 1 / 1.5 / 2 was 41.81 / 39.22 / 37.94 dB on CT, 34.32 /
 30.07 / 26.99 on noisy CT, 45.90 / 40.48 / 37.27 on blur (those three before the init
@@ -66,7 +66,8 @@ from tqdm.auto import tqdm
 from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import SolverOutput, mask_kind, model_problem, seeded_noise
+from .common import SolverOutput, model_problem, seeded_noise
+from .context import resolve_options, task_context
 from .latent_reg import (
     WARM_START_NFE,
     data_sigma,
@@ -75,15 +76,15 @@ from .latent_reg import (
     invert_euler,
     radial_reg,
     radial_reg_grad,
-    resolve_options,
-    tuned_mask,
-    tuned_size,
     warm_start,
 )
-from .latent_reg import task_family as family_of
 
 ARMIJO_C = 1e-4
 INITS = ("inverse", "noise", "rollout", "conjugate")
+# Generic defaults (a prior's presets overlay them); mu_noiseless / mu_noisy: the matching
+# weight μ for noiseless / noisy data (an explicit ``mu`` overrides both).
+GENERIC = {"shooting": 4, "segment_steps": 2, "iters": 10, "mu_noiseless": 10.0,
+           "mu_noisy": 300.0, "lam": 1.0, "init": "inverse", "eta": 1.0, "mu_growth": 1.0}
 
 
 def _sq(a: torch.Tensor) -> torch.Tensor:
@@ -313,19 +314,18 @@ def msflow(
     the set-up is an error).  Options left at None take the defaults of
     ``task_family`` ("ct" | "inpainting" | "sr" | "blur"; None: from the operator's class)
     tuned on the validation split at the image size nearest to the operator's and for its
-    mask kind (scattered inpainting masks have their own; ``msflow_defaults.json``);
+    mask kind (scattered inpainting masks have their own) in the prior's presets;
     ``mu`` None takes the family's ``mu_noiseless`` or ``mu_noisy`` by whether a noise
     level is given.
     ``info["history"]`` holds F and its three parts per iteration, ``info["options"]`` the
     options used.
     """
-    family = family_of(op, task_family)
+    context = task_context(op, task_family, noise_std)
+    family = context.family
     prob = model_problem(y, op, prior, noise_std)
-    size = int(op.in_shape[-1])
-    mask = mask_kind(op)
-    o = resolve_options("msflow", family, size, mask, shooting=shooting,
+    o = resolve_options("msflow", GENERIC, prior, context, shooting=shooting,
                         segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
-                        mu_growth=mu_growth, mu_noisy=None, mu_noiseless=None)
+                        mu_growth=mu_growth)
     mu_noisy, mu_noiseless = o.pop("mu_noisy"), o.pop("mu_noiseless")
     if mu is None:
         mu = mu_noisy if prob.noise_std > 0 else mu_noiseless
@@ -396,9 +396,7 @@ def msflow(
         "z0": z[0].clone(),
         "sigma": sigma,
         "euler_steps": st.K * st.M,
-        "options": {**o, "mu": float(mu), "task_family": family,
-                    "tuned_at_size": tuned_size("msflow", family, size),
-                    "tuned_mask": tuned_mask("msflow", family, mask)},
+        "options": {**o, "mu": float(mu)},
     }
     if x.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(x.device)

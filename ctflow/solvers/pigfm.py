@@ -13,7 +13,7 @@ P(AᵀA + ρ_t)⁻¹(Aᵀy + ρ_t P x̂1), ρ_t = σ_y²/r_t², otherwise).  The
   v + ((1−t)/t)·γ·J_x̂1ᵀ Aᵀ(r_t² AAᵀ + σ_y² I)⁻¹(y − A x̂1), since
   Aᵀ(r_t² AAᵀ + σ_y²)⁻¹(y − A x̂1) = (ŷ_t − P x̂1)/r_t².
 
-Defaults: each method has its *own* records in conjugate_defaults.json, chosen on the
+Defaults: each method has its *own* records in the prior's presets, chosen on the
 validation split per task family and NFE budget on a grid of the same size as conjugate's
 (``scripts/bench_conjugate.py --tune``): plain Euler at large w diverges at 5–10 steps, so it
 must not inherit conjugate's w.  Tuned and default: jacobian=False (J_x̂1 ≈ I).
@@ -33,16 +33,20 @@ from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
+from .context import resolve_options, task_context
 from .guidance import (
     GuidanceTarget,
     check_unit_interval,
     r2,
-    resolve_options,
     start_state,
     steps_for_budget,
     uniform_grid,
     velocity_and_vjp,
 )
+
+# Generic defaults (a prior's presets overlay them).
+GENERIC_PIGFM = {"w": 100.0, "tau": 0.2, "jacobian": False, "rho_scale": 1.0}
+GENERIC_OTODE = {"t0": 0.2, "gamma": 1.0, "jacobian": False, "rho_scale": 1.0}
 
 
 def pigfm(
@@ -62,11 +66,12 @@ def pigfm(
 ) -> SolverOutput:
     """ΠGFM: Euler on dx/dt = v + w t(1−t) J_x̂1ᵀ(ŷ − P x̂1) from τ (module docstring);
     (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe."""
-    opts = resolve_options("pigfm", op, task_family, nfe=nfe, noisy=bool(noise_std),
-                           w=w, tau=tau, jacobian=jacobian, rho_scale=rho_scale)
+    opts = resolve_options("pigfm", GENERIC_PIGFM, prior, task_context(op, task_family, noise_std),
+                           nfe, ("jacobian",), w=w, tau=tau, jacobian=jacobian,
+                           rho_scale=rho_scale)
     weight = float(opts["w"])
     opts = {k: opts[k] for k in ("w", "tau", "jacobian", "rho_scale", "task_family",
-                                 "tuned_at_nfe", "tuned_at_size")}
+                                 "tuned_at_nfe", "tuned_at_size", "presets")}
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, opts["tau"],
                   lambda t: weight * t * (1 - t), "pigfm")
 
@@ -87,8 +92,9 @@ def otode(
     task_family: str | None = None,
 ) -> SolverOutput:
     """OT-ODE: Euler on dx/dt = v + γ (1−t)/(t r_t²) J_x̂1ᵀ(ŷ − P x̂1) from t0 > 0."""
-    opts = resolve_options("otode", op, task_family, nfe=nfe, noisy=bool(noise_std), t0=t0,
-                           gamma=gamma, jacobian=jacobian, rho_scale=rho_scale)
+    opts = resolve_options("otode", GENERIC_OTODE, prior, task_context(op, task_family, noise_std),
+                           nfe, ("jacobian",), t0=t0, gamma=gamma, jacobian=jacobian,
+                           rho_scale=rho_scale)
     gam = float(opts["gamma"])
     start = check_unit_interval("t0", opts["t0"], low_open=True)
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, start,

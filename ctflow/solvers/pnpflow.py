@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
+from .context import resolve_options, task_context
 from .defaults import (
     check_int,
     check_nonnegative,
@@ -34,8 +35,10 @@ from .defaults import (
     lipschitz,
     noise_stream,
     randn_like,
-    resolve,
 )
+
+# Generic defaults (a prior's presets overlay them).
+GENERIC = {"nfe": 20, "samples": 2, "gamma": 1.9, "alpha": 0.0}
 
 
 def pnpflow(
@@ -54,12 +57,12 @@ def pnpflow(
 ) -> SolverOutput:
     """PnP-Flow reconstruction (update equations in the module docstring).
 
-    Options (None → per-family default from ``baseline_defaults.json``): ``nfe`` steps N,
+    Options (None → per-family default from the prior's presets): ``nfe`` steps N,
     ``samples`` m noise draws averaged per step, ``gamma`` relative step (stable below 2),
     ``alpha`` step decay exponent, ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve("pnpflow", task_family, bool(noise_std),
-                nfe=nfe, samples=samples, gamma=gamma, alpha=alpha)
+    o = resolve_options("pnpflow", GENERIC, prior, task_context(op, task_family, noise_std),
+                        nfe=nfe, samples=samples, gamma=gamma, alpha=alpha)
     steps = check_steps("pnpflow", o["nfe"])
     m = check_int("pnpflow", "samples", o["samples"], 1)
     check_positive("pnpflow", gamma=o["gamma"])
@@ -83,5 +86,5 @@ def pnpflow(
 
     info = {"steps": steps, "sigma_model": mp.noise_std, "samples": m,
             "forwards_per_image": steps * m, "lipschitz": lip, "options": o,
-            "task_family": task_family}
+            "task_family": o["task_family"]}
     return SolverOutput(image=mp.to_physical(x), nfe=prior.nfe - nfe0, info=info)
