@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -17,6 +18,10 @@ from ctflow.priors.unet import build_unet, count_parameters, unet_config
 from ctflow.units import MU_WATER_PER_MM, hu_to_mu
 
 SIZE = 16
+
+
+def file_sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,7 +134,7 @@ def test_corrupt_or_missing_checkpoints_raise_prior_error(tmp_path):
     with pytest.raises(PriorError, match="corrupt"):
         load_checkpoint(tmp_path / "a")
     cfg = json.loads(config.read_text())
-    cfg.pop("weights_sha256")
+    cfg["weights_sha256"] = file_sha256(weights)  # consistent, but the file is truncated
     config.write_text(json.dumps(cfg))
     with pytest.raises(PriorError, match="unreadable safetensors"):
         load_checkpoint(tmp_path / "a")
@@ -172,6 +177,32 @@ def test_registry_names_aliases_paths_and_unknown(tmp_path, monkeypatch):
         load_prior("default")
 
 
+def test_checksum_is_required_for_shipped_and_path_priors(tmp_path, monkeypatch):
+    """A prior found by name (the registry) or by path without weights_sha256, or with a
+    wrong one, is refused before its weights are read."""
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    weights, config = save_prior(tiny_prior(), tmp_path / "toy-16")
+    (tmp_path / "registry.json").write_text(json.dumps({"aliases": {"default": "toy-16"}}))
+    cfg = json.loads(config.read_text())
+    assert cfg["weights_sha256"] == file_sha256(weights)
+    load_prior("default")
+    for bad in (None, "", "abc", 12, "g" * 64):
+        changed = {k: v for k, v in cfg.items() if k != "weights_sha256"}
+        if bad is not None:
+            changed["weights_sha256"] = bad
+        config.write_text(json.dumps(changed))
+        for name in ("default", "toy-16", str(config)):
+            with pytest.raises(PriorError, match=r"toy-16\.json: prior config has no valid "
+                                                 r"weights_sha256 \(the SHA-256 of "
+                                                 r"toy-16\.safetensors\)"):
+                load_prior(name)
+    config.write_text(json.dumps({**cfg, "weights_sha256": "0" * 64}))
+    with pytest.raises(PriorError, match=r"toy-16\.safetensors: weights are corrupt"):
+        load_prior("default")
+    config.write_text(json.dumps({**cfg, "weights_sha256": cfg["weights_sha256"].upper()}))
+    assert load_prior("toy-16").image_size == SIZE
+
+
 def test_network_configs_and_bad_config():
     cfg = unet_config(64, "small")
     assert cfg["sample_size"] == 64 and cfg["in_channels"] == cfg["out_channels"] == 1
@@ -191,6 +222,10 @@ def test_shipped_default_prior_loads_and_denoises():
 
     prior = load_prior("default")
     weights = priors_dir() / f"{prior.config['name']}.safetensors"
+    for name in list_priors():  # every shipped prior records its weights' checksum
+        if (priors_dir() / f"{name}.json").is_file():
+            cfg = json.loads((priors_dir() / f"{name}.json").read_text())
+            assert cfg["weights_sha256"] == file_sha256(priors_dir() / f"{name}.safetensors")
     assert weights.stat().st_size <= 20e6
     training = prior.config["training"]
     assert training["steps"] > 0 and "train_prior.py" in training["command"]

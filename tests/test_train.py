@@ -40,6 +40,18 @@ def tiny(tmp_path, **kw) -> dict:
     return cfg
 
 
+def saved_state(run_dir) -> dict[str, torch.Tensor]:
+    """The tensors of a run's resume state (state.json names its safetensors file)."""
+    from safetensors.torch import load_file
+
+    record = json.loads((run_dir / "state.json").read_text())
+    assert record["format"] == "ctflow-train-state" and record["step"] == 8
+    # no pickle, and the older tensors files (steps 4, ...) are gone
+    assert sorted(p.name for p in run_dir.glob("state*")) == sorted(
+        ["state.json", record["tensors"]])
+    return load_file(str(run_dir / record["tensors"]))
+
+
 def test_tiny_training_lowers_the_loss(tmp_path):
     out = train(tiny(tmp_path, steps=80, log_every=10, ckpt_every=40, batch_size=16))
     first, last = out["history"][0], out["history"][-1]
@@ -61,11 +73,10 @@ def test_resume_continues_exactly_and_seed_reproduces(tmp_path):
     resumed = train(tiny(tmp_path / "b", steps=8, resume=True))
     assert resumed["steps"] == 8
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
-    sa = torch.load(tmp_path / "a" / "run" / "state.pt", weights_only=False)
-    sb = torch.load(tmp_path / "b" / "run" / "state.pt", weights_only=False)
-    for part in ("net", "ema"):
-        for k, v in sa[part].items():
-            assert torch.equal(v, sb[part][k]), (part, k)
+    sa, sb = saved_state(tmp_path / "a" / "run"), saved_state(tmp_path / "b" / "run")
+    assert sorted(sa) == sorted(sb) and any(k.startswith("opt.") for k in sa)
+    for k, v in sa.items():  # network, EMA and optimizer state, bit for bit
+        assert torch.equal(v, sb[k]), k
     other = train(tiny(tmp_path / "c", seed=1))
     assert other["history"][-1]["loss"] != full["history"][-1]["loss"]
 

@@ -8,16 +8,19 @@ holds everything needed to rebuild and use it::
      "time": {"convention": "t=0 noise, t=1 data", "timestep_scale": 1000},
      "weights_sha256": ..., "training": {data, steps, command, wall time, final loss, ...}}
 
-Both files are written to a temporary name and renamed into place.  Any problem on load
-(missing file, bad JSON, wrong keys or shapes, checksum mismatch, NaN weights) raises
-``PriorError`` naming the file.
+Both files are written to a temporary name and renamed into place.  ``weights_sha256`` is
+required on load, for shipped priors (found by name through the registry) and for
+checkpoints loaded by path alike: :func:`save_checkpoint` always writes it, and a config
+without it is refused rather than trusted.  Any problem on load (missing file, bad JSON,
+missing or wrong checksum, wrong keys or shapes, NaN weights) raises ``PriorError`` naming
+the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import PriorError
+from ..io.atomic import atomic_file
 from .flow import FlowPrior
 from .presets import load_presets, presets_path
 
 FORMAT = "ctflow-prior"
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "image_size", "unet", "normalisation")
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -40,20 +45,8 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as 64 lowercase hex digits."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -72,18 +65,13 @@ def save_checkpoint(
     weights_path, config_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
-    tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(weights_path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, weights_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     full = {"format": FORMAT, "version": VERSION, **config}
     full["format"], full["version"] = FORMAT, VERSION
-    full["weights_sha256"] = _sha256(weights_path)
-    _atomic_write_bytes(config_path, (json.dumps(full, indent=2) + "\n").encode())
+    full["weights_sha256"] = file_sha256(weights_path)
+    with atomic_file(config_path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(full, indent=2) + "\n")
     return weights_path, config_path
 
 
@@ -113,7 +101,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Flo
     if not weights_path.is_file():
         raise PriorError(f"{weights_path}: prior weights not found")
     expected = config.get("weights_sha256")
-    if expected is not None and _sha256(weights_path) != expected:
+    if not isinstance(expected, str) or not SHA256_HEX.fullmatch(expected):
+        raise PriorError(f"{config_path}: prior config has no valid weights_sha256 (the "
+                         f"SHA-256 of {weights_path.name}); re-save it with save_checkpoint")
+    if file_sha256(weights_path) != expected.lower():
         raise PriorError(f"{weights_path}: weights are corrupt (checksum mismatch)")
     try:
         state = load_file(str(weights_path))

@@ -1,13 +1,17 @@
 """Named, shipped priors: ``load_prior("default")``, ``load_prior("phantom-64")`` or a path.
 
-Priors live in ``data/priors/`` of the source tree (the environment variable
-``CTFLOW_PRIORS_DIR`` overrides it) as NAME.safetensors + NAME.json.  ``registry.json`` in
-that folder maps aliases to names, e.g. ``{"aliases": {"default": "phantom-128"}}``.
-Everything is offline; an unknown name or a broken file raises ``PriorError``.
+Priors are package data, NAME.safetensors + NAME.json in the package ``ctflow.priors.shipped``
+(the folder ``data/priors`` of the source tree, mapped into the package by pyproject.toml),
+found through :mod:`importlib.resources`, so editable and wheel installs both have them; the
+environment variable ``CTFLOW_PRIORS_DIR`` overrides the folder.  ``registry.json`` in that
+folder maps aliases to names, e.g. ``{"aliases": {"default": "phantom-128"}}``.  Everything
+is offline; an unknown name, a broken file or a shipped prior without its weights' checksum
+raises ``PriorError``.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -19,14 +23,23 @@ from .checkpoint import checkpoint_paths, load_checkpoint
 from .flow import FlowPrior
 
 ENV_VAR = "CTFLOW_PRIORS_DIR"
+PACKAGE = "ctflow.priors.shipped"
 
 
 def priors_dir() -> Path:
-    """``$CTFLOW_PRIORS_DIR`` if set, else ``data/priors`` at the root of the source tree."""
+    """``$CTFLOW_PRIORS_DIR`` if set, else the folder of the package ``ctflow.priors.shipped``."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "data" / "priors"
+    try:
+        folder = importlib.resources.files(PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise PriorError(f"the shipped priors (package {PACKAGE}) are not installed: "
+                         "reinstall ctflow, or set CTFLOW_PRIORS_DIR") from exc
+    if not isinstance(folder, Path):
+        raise PriorError(f"{folder}: the shipped priors must be installed as plain files "
+                         "(not inside a zip archive)")
+    return folder
 
 
 def aliases(folder: Path | None = None) -> dict[str, str]:

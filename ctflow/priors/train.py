@@ -13,7 +13,8 @@ Reproducible by seed: step k's batch, noise and times come from a generator seed
 (or multi-process CPU, gloo) through ``torchrun``: each rank draws its own batch,
 DistributedDataParallel averages gradients, rank 0 logs and writes checkpoints.
 
-Run folder: ``state.pt`` (full training state for ``resume``), ``ema.safetensors`` +
+Run folder: ``state.json`` + ``state-STEP.safetensors`` (full training state for ``resume``,
+see :mod:`ctflow.priors.train_state`; nothing is pickled), ``ema.safetensors`` +
 ``ema.json`` (a loadable prior checkpoint of the EMA weights), ``log.csv`` (loss curve),
 ``pool.npy`` (cached phantom pool).
 """
@@ -39,6 +40,7 @@ from ..errors import InputError
 from ..units import MU_WATER_PER_MM
 from .checkpoint import save_checkpoint
 from .datasets import HU_MAX, HU_MIN, load_pool, phantom_pool, random_shift
+from .train_state import load_train_state, save_train_state
 from .unet import TIME_SCALE, build_unet, count_parameters, unet_config, velocity_net_forward
 
 
@@ -181,12 +183,6 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def prior_config(cfg: TrainConfig, unet: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     """The JSON config of the EMA prior checkpoint of a run."""
     data: dict[str, Any] = {"source": cfg.source}
@@ -264,15 +260,10 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, wall_before, history = 0, 0.0, []
-    state_path = run_dir / "state.pt"
-    if cfg.resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["unet"] != unet:
-            raise InputError(f"{state_path}: the run was trained with another network config")
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, wall_before, history = state["step"], state["wall_seconds"], state["history"]
+    if cfg.resume:
+        state = load_train_state(run_dir, net, ema, opt, unet)
+        if state is not None:
+            step, wall_before, history = state["step"], state["wall_seconds"], state["history"]
 
     cache = run_dir / f"pool_{cfg.image_size}_{cfg.pool_size}.npy"
     if rank == 0 or cfg.source != "phantoms":
@@ -295,10 +286,9 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
         if rank != 0:
             return
         wall = wall_before + time.perf_counter() - start
-        _atomic_torch_save({"net": net.state_dict(), "ema": ema.state_dict(),
-                            "opt": opt.state_dict(), "step": step, "wall_seconds": wall,
-                            "history": history, "unet": unet, "config": asdict(cfg)},
-                           state_path)
+        save_train_state(run_dir, net, ema, opt,
+                         {"step": step, "wall_seconds": wall, "history": history,
+                          "unet": unet, "config": asdict(cfg)})
         info = {"steps": step, "world_size": world, "wall_seconds": round(wall, 1),
                 "final_loss": loss, "val_loss": val_loss, "device": str(device.type)}
         save_checkpoint(run_dir / "ema", ema.state_dict(), prior_config(cfg, unet, info))

@@ -1,0 +1,1 @@
+"""The shipped flow priors (package data: NAME.safetensors + NAME.json, registry.json)."""
