@@ -28,17 +28,19 @@ integrals are in world units (mm), so with μ in 1/mm the sinogram is unitless.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .cache import cache_path, load_arrays, save_arrays
+from .cache import csr_problem, load_or_build
 from .errors import BackendUnavailableError, OperatorInputError
 from .geometry import CTGeometry
 
 BACKENDS = ("auto", "astra-cpu", "matrix", "astra-cuda")
 PROJECTOR = {"parallel": "linear", "fan": "line_fanflat"}
+MATRIX_VERSION = 1  # bump whenever the discretisation changes: cached matrices/SVDs rebuild
 MATRIX_AUTO_MAX_NNZ = 15_000_000  # "auto" uses the matrix backend below this (estimated) size
 
 
@@ -151,17 +153,29 @@ class AstraCPUBackend(ProjectionBackend):
                 pass
 
 
+def matrix_description(geometry: CTGeometry) -> dict[str, Any]:
+    """Everything the system matrix depends on, stored in and checked against cache entries
+    (of the matrix and of its SVD)."""
+    return {**geometry.to_dict(), "angles": [float(a) for a in geometry.angles],
+            "projector": PROJECTOR[geometry.type], "astra": astra_version(),
+            "matrix_version": MATRIX_VERSION}
+
+
 def system_matrix(geometry: CTGeometry) -> sp.csr_matrix:
     """ASTRA's system matrix (rows = views·det, columns = H·W pixels, row-major), float32,
-    loaded from the disk cache or exported once and cached."""
+    loaded from the verified disk cache or exported once and cached (``cache``)."""
+    key = geometry.cache_key("matrix", PROJECTOR[geometry.type], astra_version())
+    shape = (geometry.num_views * geometry.det_count, geometry.image_size**2)
+    data = load_or_build("matrix", key, matrix_description(geometry), MATRIX_VERSION,
+                         lambda: _export_matrix(geometry, shape),
+                         lambda arrays: csr_problem(arrays, shape))
+    return sp.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=shape)
+
+
+def _export_matrix(geometry: CTGeometry, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """ASTRA's matrix as CSR arrays (float32 data, int32 indices, int64 row pointers)."""
     import astra
 
-    key = geometry.cache_key("matrix", PROJECTOR[geometry.type], astra_version())
-    path = cache_path("matrix", key)
-    shape = (geometry.num_views * geometry.det_count, geometry.image_size**2)
-    data = load_arrays(path)
-    if data is not None and tuple(data["shape"]) == shape:
-        return sp.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=shape)
     pid = _create_projector(geometry)
     mid = astra.projector.matrix(pid)
     try:
@@ -173,9 +187,8 @@ def system_matrix(geometry: CTGeometry) -> sp.csr_matrix:
     mat.eliminate_zeros()
     if mat.shape != shape:
         raise BackendUnavailableError(f"ASTRA exported a {mat.shape} matrix, expected {shape}")
-    save_arrays(path, data=mat.data, indices=mat.indices.astype(np.int32),
-                indptr=mat.indptr.astype(np.int64), shape=np.asarray(shape))
-    return mat
+    return {"data": mat.data, "indices": mat.indices.astype(np.int32),
+            "indptr": mat.indptr.astype(np.int64), "shape": np.asarray(shape, dtype=np.int64)}
 
 
 def _torch_csr(mat: sp.csr_matrix, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .astra_backends import (
     ProjectionBackend,
     astra_version,
     make_backend,
+    matrix_description,
     resolve_backend,
     system_matrix,
 )
@@ -97,12 +98,14 @@ class CTOperator(LinearOperator):
         return "svd" if self.geometry.image_size <= SVD_AUTO_MAX_SIZE else "cg"
 
     def svd(self) -> TruncatedSVD:
-        """The cached truncated SVD of the system matrix (computed on first use)."""
+        """The cached truncated SVD of the system matrix (computed on first use; the disk
+        entry is verified against this geometry and rebuilt if stale or corrupt)."""
         if self._svd is None:
-            key = self.geometry.cache_key("svd", PROJECTOR[self.geometry.type],
-                                          astra_version(), self.svd_threshold)
-            self._svd = TruncatedSVD.cached(key, lambda: system_matrix(self.geometry),
-                                            self.svd_threshold)
+            g = self.geometry
+            key = g.cache_key("svd", PROJECTOR[g.type], astra_version(), self.svd_threshold)
+            shape = (g.num_views * g.det_count, g.image_size**2)
+            self._svd = TruncatedSVD.cached(key, lambda: system_matrix(g), self.svd_threshold,
+                                            matrix_description(g), shape)
         return self._svd
 
     def pinv(self, y: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:

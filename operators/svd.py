@@ -16,28 +16,31 @@ closed form is exact to float32 rounding.
 
 The factors come from the eigendecomposition, in float64, of the smaller Gram matrix
 (AᵀA, n×n, or AAᵀ, m×m, then V_k = Aᵀ U_k Σ_k⁻¹); V_k is stored as float32 in the disk
-cache, keyed by geometry and threshold.  Cost O(min(m, n)³) once: seconds at 64²,
-minutes at 128²; larger images use the Krylov (CG) route instead.
+cache, keyed by geometry and threshold and verified on every load (header, checksums and
+:func:`factors_problem`; a bad entry is rebuilt, see ``cache``).  Cost O(min(m, n)³)
+once: seconds at 64², minutes at 128²; larger images use the Krylov (CG) route instead.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 import torch
 
-from .cache import cache_path, load_arrays, save_arrays
+from .cache import load_or_build
 
 log = logging.getLogger(__name__)
 
 # Singular values at or below TAIL_FLOOR·σ_max count as exact zeros everywhere (float64
 # eigenvalues of the Gram matrix resolve σ down to ~1e-8·σ_max).
 TAIL_FLOOR = 1e-6
-CACHE_FORMAT = 2  # 2: the tail is stored as well
+CACHE_FORMAT = 3  # 2: the tail is stored as well; 3: verified entries (cache.py header)
 
 
 class TruncatedSVD:
@@ -85,22 +88,29 @@ class TruncatedSVD:
         return cls(out[0], out[1], threshold, out[2], out[3])
 
     @classmethod
-    def cached(cls, key: str, matrix_fn, threshold: float) -> TruncatedSVD:
-        """Load from the disk cache or compute (``matrix_fn()`` gives A) and store."""
-        path = cache_path("svd", f"{key}-v{CACHE_FORMAT}")
-        data = load_arrays(path)
-        if data is not None and {"vectors", "sigma", "tail_vectors", "tail_sigma"} <= set(data):
-            return cls(data["vectors"], data["sigma"], threshold, data["tail_vectors"],
-                       data["tail_sigma"])
-        matrix = matrix_fn()
-        log.info("building the exact projector of this geometry (truncated SVD of a %d×%d "
-                 "system matrix, once; cached for later runs)", *matrix.shape)
-        start = time.perf_counter()
-        svd = cls.compute(matrix, threshold)
-        save_arrays(path, vectors=svd.vectors, sigma=svd.singular_values,
-                    tail_vectors=svd.tail_vectors, tail_sigma=svd.tail_values)
-        log.info("projector built in %.0f s (rank %d)", time.perf_counter() - start, svd.rank)
-        return svd
+    def cached(cls, key: str, matrix_fn: Callable[[], sp.spmatrix], threshold: float,
+               description: Mapping[str, Any], shape: tuple[int, int]) -> TruncatedSVD:
+        """Load from the disk cache or compute (``matrix_fn()`` gives A, of ``shape``) and
+        store.  ``description`` is everything A depends on (geometry, angles, projector); the
+        entry is verified against it, the threshold and :func:`factors_problem`, and rebuilt
+        if it does not match."""
+
+        def build() -> dict[str, np.ndarray]:
+            matrix = matrix_fn()
+            log.info("building the exact projector of this geometry (truncated SVD of a "
+                     "%d×%d system matrix, once; cached for later runs)", *matrix.shape)
+            start = time.perf_counter()
+            svd = cls.compute(matrix, threshold)
+            log.info("projector built in %.0f s (rank %d)", time.perf_counter() - start,
+                     svd.rank)
+            return {"vectors": svd.vectors, "sigma": svd.singular_values,
+                    "tail_vectors": svd.tail_vectors, "tail_sigma": svd.tail_values}
+
+        full = {**description, "threshold": float(threshold), "tail_floor": TAIL_FLOOR}
+        data = load_or_build("svd", key, full, CACHE_FORMAT, build,
+                             lambda arrays: factors_problem(arrays, shape, threshold))
+        return cls(data["vectors"], data["sigma"], threshold, data["tail_vectors"],
+                   data["tail_sigma"])
 
     def _factors(self, like: torch.Tensor, tail: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,3 +165,42 @@ class TruncatedSVD:
         comp = b - self._diag(b, lambda s: 1.0, tail=True)
         comp = comp - self._diag(comp, lambda s: 1.0, tail=True)
         return x + comp / rho
+
+
+def factors_problem(arrays: dict[str, np.ndarray], shape: tuple[int, int],
+                    threshold: float) -> str | None:
+    """What is wrong with cached factors of an m×n matrix (``shape``), or None: the arrays
+    and their dtypes, V's n rows, one σ per column, at most min(m, n) pairs, finite values,
+    σ > 0 and decreasing, kept σ above and tail σ in (TAIL_FLOOR, threshold]·σ_max."""
+    names = {"vectors": np.float32, "sigma": np.float64, "tail_vectors": np.float32,
+             "tail_sigma": np.float64}
+    if set(arrays) != set(names):
+        return f"arrays {sorted(arrays)}, expected {sorted(names)}"
+    for name, dtype in names.items():
+        if arrays[name].dtype != dtype:
+            return f"{name} is {arrays[name].dtype}, expected {np.dtype(dtype)}"
+    m, n = shape
+    v, s, vt, st = (arrays[k] for k in names)
+    for vec, val, label in ((v, s, "kept"), (vt, st, "tail")):
+        if vec.ndim != 2 or vec.shape[0] != n or val.shape != (vec.shape[1],):
+            return (f"{label} factors have shapes {vec.shape} and {val.shape}, expected "
+                    f"({n}, r) and (r,)")
+    if s.size == 0:  # A = 0 (e.g. every ray masked): nothing to keep, no tail either
+        return "tail singular values without kept ones" if st.size else None
+    if s.size + st.size > min(m, n):
+        return f"{s.size + st.size} singular pairs, more than min(m, n) = {min(m, n)}"
+    for name in names:
+        if not np.isfinite(arrays[name]).all():
+            return f"{name} contains NaN or Inf"
+    for val, label in ((s, "kept"), (st, "tail")):
+        if np.any(val <= 0):
+            return f"{label} singular values are not all > 0"
+        if np.any(np.diff(val) > 0):
+            return f"{label} singular values are not in decreasing order"
+    top = s[0]
+    if s[-1] <= threshold * top:
+        return f"kept singular values reach down to {s[-1] / top:.3g}·σ_max, below the " \
+               f"threshold {threshold:g}"
+    if st.size and (st[0] > threshold * top or st[-1] <= TAIL_FLOOR * top):
+        return "tail singular values outside (TAIL_FLOOR, threshold]·σ_max"
+    return None
