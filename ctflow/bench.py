@@ -80,8 +80,10 @@ class BenchConfig:
     task (with ``data``: at most this many slices).  ``prior``: a prior name (``{size}`` in it
     is replaced by the image size) or a :class:`~ctflow.priors.base.Prior` object, used by
     the methods that need one.  ``options``: per-method keyword overrides, e.g.
-    ``{"conjugate": {"w": 8}}``.  ``resume``: continue the results already in ``out``
-    (otherwise an ``out`` holding results is refused).
+    ``{"conjugate": {"w": 8}}``.  ``data``: None (procedural phantoms of ``split``), a DICOM
+    series folder, an HDF5 sinogram file, or ``"realct"`` (or the path of ``pool_256.h5``):
+    real patients' slices of ``split`` (val | ood | train; see ctflow.realct).  ``resume``:
+    continue the results already in ``out`` (otherwise an ``out`` holding results is refused).
     """
 
     tasks: Sequence[str] | None = None
@@ -177,6 +179,38 @@ class _DicomSource(_Source):
         return {"kind": self.kind, "name": self.path.name, "sha256": _sha256(self.path)}
 
 
+class _RealPoolSource(_Source):
+    """Real patients' slices of the licensed real-CT pool (ctflow.realct), split by patient:
+    ``val`` (the split every default is tuned on; also what ``test`` means here, as the pool
+    holds no further patients), ``ood`` (head series) or ``train``; ``images`` slices spread
+    evenly over the split, resized to each size."""
+
+    kind = "realct"
+
+    def __init__(self, config: BenchConfig, sizes: list[int]):
+        super().__init__(config, sizes)
+        from .realct import SPLITS, realct_dir
+
+        self.split = "val" if config.split == "test" else config.split
+        if self.split not in SPLITS:
+            raise InputError(f"real-CT split {config.split!r}: choose val, ood or train")
+        given = str(config.data)
+        self.folder = realct_dir() if given == REALCT else Path(given)
+
+    def _load(self, size: int) -> list[np.ndarray]:
+        from .realct import validation_images
+
+        return [img.astype(np.float64) for img in
+                validation_images(size, self.count, self.split, self.folder)]
+
+    def fingerprint(self) -> dict[str, Any]:
+        from .realct import POOL_FILE
+
+        pool = self.folder / POOL_FILE if self.folder.is_dir() else self.folder
+        return {"kind": self.kind, "split": self.split, "name": pool.name,
+                "sha256": _sha256(pool)}
+
+
 class _Hdf5Source(_Source):
     """An HDF5 sinogram file with ground truth: its slices with its own geometry."""
 
@@ -228,9 +262,14 @@ class _Hdf5Source(_Source):
         return {"kind": self.kind, "name": self.path.name, "sha256": _sha256(self.path)}
 
 
+REALCT = "realct"  # BenchConfig.data naming the shipped real-CT pool
+
+
 def _make_source(config: BenchConfig, sizes: list[int]) -> _Source:
     if config.data is None:
         return _Source(config, sizes)
+    if str(config.data) == REALCT or Path(config.data).name == "pool_256.h5":
+        return _RealPoolSource(config, sizes)
     path = Path(config.data)
     if path.is_dir():
         return _DicomSource(config, sizes)

@@ -175,7 +175,11 @@ def _markdown(tables: dict[str, list[dict[str, Any]]], config: dict[str, Any],
     data = config.get("data", {}) or {}
     source = {"phantoms": f"held-out phantoms (split {data.get('split', 'test')!r})",
               "dicom": f"DICOM series {data.get('name')}",
-              "hdf5": f"HDF5 file {data.get('name')}"}.get(data.get("kind"), "unknown")
+              "hdf5": f"HDF5 file {data.get('name')}",
+              "realct": f"real patients' CT slices ({data.get('name')}, patient-level split "
+                        f"{data.get('split')!r}; Lung-PET-CT-Dx and COVID-19-NY-SBU, TCIA, "
+                        "CC BY 4.0; dcm_qa_ct, BSD-2-Clause)",
+              }.get(data.get("kind"), "unknown")
     lines = [
         "# ctflow benchmark", "",
         f"- Test images: {source}; sizes {', '.join(f'{s}²' for s in config.get('sizes', []))};"

@@ -1,4 +1,5 @@
-"""Training images for flow priors: phantoms, a folder of DICOM CT, or HDF5 image files.
+"""Training images for flow priors: phantoms, a folder of DICOM CT, HDF5 image files, or the
+licensed real-CT pool split by patient (``realct``: augmented multi-scale crops).
 
 Every source returns an image pool, a float32 tensor (N, 1, S, S) in the prior's model
 space x = HU/1000 (air −1, water 0), HU clipped to [−1024, 3071].  Non-square slices are
@@ -140,9 +141,27 @@ def hdf5_pool(path: str | os.PathLike, size: int) -> torch.Tensor:
     return _stack(_hdf5_slices(files), size, str(root))
 
 
+SOURCES = ("phantoms", "dicom", "hdf5", "realct")
+
+
+def realct_pool(size: int, length: int, split: str = "train", path: str | None = None,
+                seed: int = 0) -> torch.Tensor:
+    """``length`` augmented crops (ctflow.realct.training_patches) of the real-CT slices of
+    ``split`` (patients of the training split only, for training), in model space."""
+    from ..realct import pool_slices, training_patches
+
+    slices = pool_slices(split, path)
+    return hu_to_model(training_patches(slices, size, length, seed=seed))[:, None]
+
+
 def load_pool(source: str, size: int, length: int = 0, path: str | None = None,
-              progress: bool = False, cache: str | os.PathLike | None = None) -> torch.Tensor:
-    """The training pool of ``source`` ∈ {"phantoms", "dicom", "hdf5"}."""
+              progress: bool = False, cache: str | os.PathLike | None = None,
+              seed: int = 0) -> torch.Tensor:
+    """The training pool of ``source`` ∈ SOURCES."""
+    if source == "realct":
+        if length <= 0:
+            raise InputError("the realct source needs a positive pool size")
+        return realct_pool(size, length, "train", path, seed)
     if source == "phantoms":
         if length <= 0:
             raise InputError("the phantom source needs a positive pool size")
@@ -153,7 +172,7 @@ def load_pool(source: str, size: int, length: int = 0, path: str | None = None,
         return dicom_pool(path, size)
     if source == "hdf5":
         return hdf5_pool(path, size)
-    raise InputError(f"unknown data source {source!r}; choose phantoms, dicom or hdf5")
+    raise InputError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
 def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator,

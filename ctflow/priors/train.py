@@ -39,7 +39,7 @@ import torch.distributed as dist
 from ..errors import InputError
 from ..units import MU_WATER_PER_MM
 from .checkpoint import save_checkpoint
-from .datasets import HU_MAX, HU_MIN, load_pool, phantom_pool, random_shift
+from .datasets import HU_MAX, HU_MIN, SOURCES, load_pool, phantom_pool, random_shift, realct_pool
 from .train_state import load_train_state, save_train_state
 from .unet import TIME_SCALE, build_unet, count_parameters, unet_config, velocity_net_forward
 
@@ -52,10 +52,11 @@ class TrainConfig:
     name: str = "prior"
     image_size: int = 64
     net: str = "small"  # preset of ctflow.priors.unet.PRESETS
-    source: str = "phantoms"  # phantoms | dicom | hdf5
+    source: str = "phantoms"  # phantoms | dicom | hdf5 | realct (datasets.SOURCES)
     data_path: str | None = None
-    pool_size: int = 10000  # phantoms only
-    val_size: int = 64  # phantoms only: held-out "val" split for the validation loss
+    pool_size: int = 10000  # phantoms and realct (augmented crops)
+    val_size: int = 64  # phantoms and realct: held-out "val" split for the validation loss
+    init_from: str | None = None  # a prior (name or path) whose weights start the run
     steps: int = 10000
     batch_size: int = 32  # per process
     lr: float = 2e-4
@@ -92,8 +93,9 @@ def _check(cfg: TrainConfig) -> None:
         raise InputError("image_size ≥ 8, batch_size ≥ 1 and steps ≥ 0 are required")
     if not (0.0 <= cfg.ema_decay < 1.0) or cfg.lr <= 0 or cfg.grad_clip <= 0:
         raise InputError("need 0 ≤ ema_decay < 1, lr > 0 and grad_clip > 0")
-    if cfg.source not in ("phantoms", "dicom", "hdf5"):
-        raise InputError(f"unknown data source {cfg.source!r}; choose phantoms, dicom or hdf5")
+    if cfg.source not in SOURCES:
+        raise InputError(f"unknown data source {cfg.source!r}; choose one of "
+                         f"{', '.join(SOURCES)}")
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -191,6 +193,15 @@ def prior_config(cfg: TrainConfig, unet: dict[str, Any], info: dict[str, Any]) -
 
         data.update(split="train", pool_size=cfg.pool_size, kinds=list(KINDS),
                     phantom_version=PHANTOM_VERSION)
+    elif cfg.source == "realct":
+        from ..realct import ATTRIBUTION, VALIDATION_PATIENTS, pool_slices
+
+        data.update(split="train", pool_size=cfg.pool_size,
+                    patients=sorted({s.patient for s in pool_slices("train", cfg.data_path)}),
+                    held_out_patients=sorted(VALIDATION_PATIENTS),
+                    augmentation="multi-scale square crops (64 px to the full slice), "
+                                 "left-right flips, intensity scale 1 ± 0.03",
+                    attribution=ATTRIBUTION)
     else:
         data["path_name"] = Path(cfg.data_path or "").name
     import diffusers
@@ -210,7 +221,7 @@ def prior_config(cfg: TrainConfig, unet: dict[str, Any], info: dict[str, Any]) -
             "warmup": cfg.warmup, "weight_decay": cfg.weight_decay,
             "ema_decay": cfg.ema_decay, "grad_clip": cfg.grad_clip,
             "ot_coupling": cfg.ot_coupling, "max_shift": cfg.max_shift, "seed": cfg.seed,
-            "command": cfg.command, "torch": torch.__version__,
+            "init_from": cfg.init_from, "command": cfg.command, "torch": torch.__version__,
             "diffusers": diffusers.__version__, **info,
         },
     }
@@ -260,6 +271,15 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, wall_before, history = 0, 0.0, []
+    if cfg.init_from:  # fine-tuning: start from a trained prior's weights (same network)
+        from .registry import load_prior
+
+        start_prior = load_prior(cfg.init_from)
+        if start_prior.config.get("unet") != unet:
+            raise InputError(f"--init {cfg.init_from}: its network differs from --net "
+                             f"{cfg.net} at --size {cfg.image_size}")
+        net.load_state_dict(start_prior.net.state_dict())
+        ema.load_state_dict(start_prior.net.state_dict())
     if cfg.resume:
         state = load_train_state(run_dir, net, ema, opt, unet)
         if state is not None:
@@ -275,6 +295,8 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     val = None
     if cfg.source == "phantoms" and cfg.val_size > 0 and rank == 0:
         val = phantom_pool(cfg.image_size, cfg.val_size, "val")
+    if cfg.source == "realct" and cfg.val_size > 0 and rank == 0:  # held-out patients
+        val = realct_pool(cfg.image_size, cfg.val_size, "val", cfg.data_path, seed=1)
 
     model: torch.nn.Module = net
     if world > 1:
