@@ -27,7 +27,8 @@ class Sub2(LinearOperator):
 
 def test_registry_names_match_design():
     expected = {"fbp", "cgls", "sirt", "tv", "pigfm", "otode", "conjugate",
-                "conjugate-diffusion", "msflow", "dflow", "pnpflow", "flowdps", "dps", "flower"}
+                "conjugate-diffusion", "msflow", "dflow", "pnpflow", "flowdps", "dps", "flower",
+                "mbir"}  # the interface contract's names, plus the model-based classical method
     assert set(SOLVERS) == expected
 
 

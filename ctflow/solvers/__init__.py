@@ -13,9 +13,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MethodError
-from .common import SolverOutput
+
+if TYPE_CHECKING:
+    from .common import SolverOutput
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ SOLVERS: dict[str, SolverSpec] = {
     "cgls": SolverSpec("classical", "cgls", False, "conjugate gradients on the normal equations"),
     "sirt": SolverSpec("classical", "sirt", False, "simultaneous iterative reconstruction"),
     "tv": SolverSpec("classical", "tv", False, "total variation, Chambolle–Pock primal–dual"),
+    "mbir": SolverSpec("mbir", "mbir", False,
+                       "MBIR: weighted least squares + q-GGMRF prior (L-BFGS-B)"),
     "pigfm": SolverSpec("pigfm", "pigfm", True, "ΠGFM: Euler with pseudo-inverse guidance"),
     "otode": SolverSpec("pigfm", "otode", True, "OT-ODE: ΠGFM guidance on the OT path"),
     "conjugate": SolverSpec("conjugate", "conjugate", True,
@@ -58,6 +63,15 @@ def get_solver(method: str) -> tuple[Callable[..., SolverOutput], SolverSpec]:
             raise
         raise MethodError(f"method {method!r} is not available in this build") from exc
     return getattr(module, spec.function), spec
+
+
+def __getattr__(name: str) -> Any:
+    """``SolverOutput`` is imported on use, so the registry loads without torch (CLI help)."""
+    if name == "SolverOutput":
+        from .common import SolverOutput
+
+        return SolverOutput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["SOLVERS", "SolverOutput", "SolverSpec", "get_solver"]

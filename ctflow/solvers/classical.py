@@ -175,7 +175,7 @@ def default_tv_lam(y: torch.Tensor, op: LinearOperator, noise_std: float | None,
 def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
        noise_std: float | None = None, seed: int = 0, progress: bool = False,
        iters: int = 300, lam: float | None = None, nonneg: bool = True,
-       log_every: int = 10) -> SolverOutput:
+       log_every: int = 10, photons: float | None = None) -> SolverOutput:
     """Total-variation reconstruction  min_x ½‖A x − y‖² + λ TV(x)  (+ x ≥ 0 if nonneg)
     by Chambolle–Pock on K = [A/L_A; ∇] with the data rescaled by 1/L_A and the image by
     1/s (L_A = ‖A‖ by power iteration, s = RMS of Aᵀy/L_A²) so both blocks are O(1):
@@ -188,8 +188,16 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
 
     ``lam`` None: :func:`default_tv_lam` (uses noise_std when given).  info: ``lam``,
     ``op_norm``, ``objective`` (the unscaled objective every ``log_every`` iterations).
+
+    ``photons`` I0 (Poisson data): the data term becomes ½‖A x − y‖²_W with the statistical
+    weights w_i ∝ I0·e^{−y_i} (inverse variance of ray i), normalised to w_i·mean(1/w) so
+    that λ keeps its meaning (noise_std None then means √mean(1/w)); its dual prox is closed
+    form per ray, p ← (p + σ(K₁x̄ − ŷ)) / (1 + σ/w_i).
     """
     _check_iters(iters)
+    weights = _tv_weights(y, photons)
+    if photons is not None and noise_std is None:  # σ² = mean variance 1/(I0·e^{−y})
+        noise_std = math.sqrt(float((1.0 / (photons * torch.exp(-y.detach().double()))).mean()))
     if lam is None:
         lam = default_tv_lam(y, op, noise_std, seed=seed)
     if not (math.isfinite(lam) and lam >= 0):
@@ -206,11 +214,13 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
         tau, sig = TV_STEP_RATIO / 3.0, 1.0 / (3.0 * TV_STEP_RATIO)  # τσ‖K‖² ≤ 1
         x = torch.zeros(*y.shape[:2], *op.in_shape, dtype=y.dtype, device=y.device)
         xbar = x.clone()
+        ax = torch.zeros_like(y)  # K₁x·L_A = A x, kept so each iteration needs one A and one Aᵀ
+        axbar = ax.clone()  # A x̄ = 2 A x' − A x by linearity
         p = torch.zeros_like(y)
         q = torch.zeros(*x.shape[:2], 2, *x.shape[2:], dtype=y.dtype, device=y.device)
         objective: list[float] = []
         for k in tqdm(range(iters), desc="tv", disable=not progress, leave=False):
-            p = (p + sig * (op(xbar) / la - yh)) / (1.0 + sig)
+            p = (p + sig * (axbar / la - yh)) / (1.0 + sig / weights)
             q = q + sig * _grad(xbar)
             q = q / (q.pow(2).sum(2, keepdim=True).sqrt() / max(lam_h, 1e-30)).clamp_min(1.0)
             x_new = x - tau * (op.T(p) / la + _grad_adjoint(q))
@@ -218,12 +228,27 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
                 x_new = x_new.clamp_min(0.0)
             xbar = 2 * x_new - x
             x = x_new
+            ax_new = op(x)
+            axbar = 2 * ax_new - ax
+            ax = ax_new
             if log_every and (k % log_every == log_every - 1 or k == iters - 1):
                 img = x * s
-                data = 0.5 * (op(img) - y).pow(2).flatten(2).sum(-1)
+                data = 0.5 * (weights * (ax * s - y).pow(2)).flatten(2).sum(-1)
                 objective.append(float((data + lam * tv_seminorm(img)).mean()))
     return SolverOutput(image=x * s, info={"iters": iters, "lam": lam, "op_norm": la,
                                            "objective": objective})
+
+
+def _tv_weights(y: torch.Tensor, photons: float | None) -> torch.Tensor | float:
+    """TV's data weights: 1 without ``photons``, else c_i·mean(1/c) with c_i = I0·e^{−y_i}
+    per item (inverse variances, scaled so the weighted noise keeps the mean variance)."""
+    if photons is None:
+        return 1.0
+    if not (math.isfinite(photons) and photons > 0):
+        raise MethodError(f"tv: photons must be a positive number, got {photons}")
+    counts = float(photons) * torch.exp(-y.detach().double())
+    mean_inverse = (1.0 / counts).flatten(2).mean(-1)
+    return (counts * mean_inverse[..., None, None]).to(y.dtype)
 
 
 def _check_iters(iters: int) -> None:
