@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # Singular values at or below TAIL_FLOOR·σ_max count as exact zeros everywhere (float64
 # eigenvalues of the Gram matrix resolve σ down to ~1e-8·σ_max).
 TAIL_FLOOR = 1e-6
+FACTOR_CHUNK = 256  # columns of V formed at a time (float64 scratch: n × FACTOR_CHUNK)
 CACHE_FORMAT = 3  # 2: the tail is stored as well; 3: verified entries (cache.py header)
 
 
@@ -66,24 +67,36 @@ class TruncatedSVD:
 
     @classmethod
     def compute(cls, matrix: sp.spmatrix, threshold: float) -> TruncatedSVD:
-        """Eigendecomposition of the smaller Gram matrix in float64, truncated."""
+        """Eigendecomposition of the smaller Gram matrix in float64, truncated.
+
+        Peak memory ≈ two float64 copies of the Gram matrix (during ``eigh``), then the
+        eigenvectors plus the float32 factors: the Gram matrix is released before the
+        factors are formed, and V = Aᵀ U Σ⁻¹ (wide A) is formed in column chunks straight
+        into float32.  All-zero rows (rays that miss the image, 11 % at 128², 60 views) are
+        dropped first: they only add zero singular values."""
         a = sp.csr_matrix(matrix, dtype=np.float64)
+        a = a[np.flatnonzero(np.diff(a.indptr))]  # rays that miss the image add only σ = 0
         m, n = a.shape
-        if n <= m:
-            gram = (a.T @ a).toarray()
-            w, vecs = scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False)
-        else:
-            gram = (a @ a.T).toarray()
-            w, vecs = scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False)
+        if m == 0 or a.nnz == 0:  # A = 0 (e.g. every ray masked): nothing to keep
+            return cls(np.zeros((n, 0)), np.zeros(0), threshold)
+        wide = n > m
+        gram = (a @ a.T if wide else a.T @ a).toarray()
+        # gram.T: the same symmetric matrix in Fortran order, so LAPACK works in place
+        # instead of on a copy; it is overwritten, so release it before forming the factors
+        w, vecs = scipy.linalg.eigh(gram.T, overwrite_a=True, check_finite=False)
+        del gram
         sigma = np.sqrt(np.clip(w, 0.0, None))
         top = sigma.max() if sigma.size else 0.0
         keep = sigma > threshold * top
         tail = (sigma > TAIL_FLOOR * top) & ~keep
         out = []
         for sel in (keep, tail):
-            s_sel, v_sel = sigma[sel][::-1], vecs[:, sel][:, ::-1]
-            if n > m:  # vecs are left singular vectors U: V = Aᵀ U Σ⁻¹
-                v_sel = (a.T @ v_sel) / s_sel[None, :]
+            idx = np.flatnonzero(sel)[::-1]  # decreasing σ
+            s_sel = sigma[idx]
+            if wide:  # vecs are left singular vectors U: V = Aᵀ U Σ⁻¹
+                v_sel = _right_vectors(a, vecs, idx, s_sel)
+            else:
+                v_sel = vecs[:, idx].astype(np.float32)
             out += [v_sel, s_sel]
         return cls(out[0], out[1], threshold, out[2], out[3])
 
@@ -165,6 +178,19 @@ class TruncatedSVD:
         comp = b - self._diag(b, lambda s: 1.0, tail=True)
         comp = comp - self._diag(comp, lambda s: 1.0, tail=True)
         return x + comp / rho
+
+
+def _right_vectors(a: sp.csr_matrix, u: np.ndarray, idx: np.ndarray,
+                   sigma: np.ndarray) -> np.ndarray:
+    """V = Aᵀ U[:, idx] Σ⁻¹ as float32 (n × len(idx)), computed FACTOR_CHUNK columns at a
+    time in float64, so no full float64 copy of V is ever held."""
+    at = a.T.tocsr()
+    chunk = FACTOR_CHUNK
+    v = np.empty((a.shape[1], idx.size), dtype=np.float32)
+    for start in range(0, idx.size, chunk):
+        cols = idx[start:start + chunk]
+        v[:, start:start + cols.size] = (at @ u[:, cols]) / sigma[start:start + cols.size]
+    return v
 
 
 def factors_problem(arrays: dict[str, np.ndarray], shape: tuple[int, int],

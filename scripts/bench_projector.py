@@ -18,13 +18,24 @@ zero): the fraction of frequencies kept, the idempotence error, and the PSNR of 
 ΠGFM at 5 NFE (each at its tuned defaults) on noiseless test phantoms.
 
     python3 scripts/bench_projector.py --operator blur --size 128 --images 4 --prior phantom-128
+
+``--build`` measures the first use of the exact (truncated-SVD) CT projector instead: wall
+and CPU seconds of the one-off build (system matrix export + SVD) into an empty temporary
+cache, the process's peak resident memory, the rank kept and the idempotence error.  Run it
+in a fresh process per size (the peak RSS is the whole process's, imports included), with
+``OMP_NUM_THREADS`` set for LAPACK's threads:
+
+    OMP_NUM_THREADS=1 python3 scripts/bench_projector.py --build --size 128 --views 60
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shlex
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -87,6 +98,25 @@ def ct_rows(args, prior, images: list[np.ndarray], phantom: torch.Tensor) -> Non
               f"{mean_std(scores)} |", flush=True)
 
 
+def build_row(args, phantom: torch.Tensor) -> None:
+    """First use of the SVD projector at args.size into an empty temporary cache."""
+    print(f"# {args.size}², {args.views} parallel views, truncated-SVD projector, first use "
+          f"(empty cache), {torch.get_num_threads()} thread(s)\n")
+    print("| size | views | build wall s | build CPU s | peak RSS MB | rank | "
+          "idempotence (noise) | idempotence (phantom) |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["CTFLOW_CACHE_DIR"] = folder
+        op = ParallelBeam2D(image_size=args.size, views=args.views, projection="svd")
+        wall, cpu = time.perf_counter(), time.process_time()
+        svd = op.svd()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"| {args.size}² | {args.views} | {wall:.1f} | {cpu:.1f} | {peak_mb:.0f} | "
+              f"{svd.rank} | {idempotence_error(op):.2e} | "
+              f"{idempotence_error(op, phantom):.2e} |", flush=True)
+
+
 def blur_rows(args, prior, images: list[np.ndarray], phantom: torch.Tensor) -> None:
     sigma = args.size / 64
     print(f"# {args.size}², Gaussian blur σ = {sigma:g} px (noiseless), 5 NFE at tuned "
@@ -137,10 +167,18 @@ def main() -> None:
                    help="C-ΠGFM start time τ in place of its tuned default (ct only)")
     p.add_argument("--order", type=int, choices=(1, 2), default=None,
                    help="C-ΠGFM integrator order in place of its tuned default (ct only)")
+    p.add_argument("--build", action="store_true",
+                   help="ct: measure the first use (build time, peak memory) of the exact "
+                        "SVD projector at --size instead of the PSNR table")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.build:
+        print(f"# python3 scripts/bench_projector.py {shlex.join(sys.argv[1:])}")
+        image = heldout_images(args.size, 1, split="test")[0]
+        build_row(args, torch.from_numpy(hu_to_mu(image.astype(np.float32)))[None, None])
+        return
     prior = ctflow.load_prior(args.prior)
     images = heldout_images(args.size, args.images, split="test")
     phantom = torch.from_numpy(hu_to_mu(images[0].astype(np.float32)))[None, None]
