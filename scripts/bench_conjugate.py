@@ -151,10 +151,21 @@ def runs(task_name: str, args) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
+def test_images(args, split: str) -> list[np.ndarray]:
+    """The HU images of a run: held-out phantoms, or with --data realct real patients' slices
+    (patient-level split; the phantom split "test" means the real "val" patients)."""
+    if args.data == "realct":
+        from ctflow.realct import validation_images
+
+        return [im.astype(np.float64) for im in validation_images(
+            args.size, args.images, "val" if split == "test" else split)]
+    return heldout_images(args.size, args.images, split=split)
+
+
 def bench_task(task_name: str, args, prior) -> list[dict[str, Any]]:
     """All rows of one task."""
     rows = []
-    images = heldout_images(args.size, args.images, split=args.split)
+    images = test_images(args, args.split)
     task = get_task(task_name)
     problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
     for p in problems:  # build (or load) each exact projector before anything is timed
@@ -283,7 +294,7 @@ def targets(rows: list[dict[str, Any]]) -> str:
 def tune(args, prior) -> dict[str, Any]:
     """Grid search on the validation split; all scores and the best setting per
     (variant, family, NFE).  A diverged setting scores −inf."""
-    images = heldout_images(args.size, args.images, split="val")
+    images = test_images(args, "val")
     grids = {"w": args.tune_w, "tau": args.tune_tau, "gamma": args.tune_gamma,
              "t0": args.tune_t0, "rho_scale": args.tune_rho_scale, "lam": args.tune_lam,
              "order": args.tune_order}
@@ -335,7 +346,9 @@ def tune(args, prior) -> dict[str, Any]:
 def tuning_result(args, grids: dict[str, list], chosen: list[dict[str, Any]],
                   grid_log: list[dict[str, Any]]) -> dict[str, Any]:
     return {"command": command_line(), "prior": args.prior,
-            "images": f"heldout_images({args.size}, {args.images}, split='val')",
+            "images": (f"realct.validation_images({args.size}, {args.images}, split='val')"
+                       if args.data == "realct"
+                       else f"heldout_images({args.size}, {args.images}, split='val')"),
             "grids": {n: grids[n] for n in grids}, "chosen": chosen, "grid": grid_log}
 
 
@@ -395,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                         "'gaussian-fit' (smoke test) (default: %(default)s)")
     p.add_argument("--split", default="test",
                    help="phantom split of the benchmark images (default: %(default)s)")
+    p.add_argument("--data", choices=["phantoms", "realct"], default="phantoms",
+                   help="image source: procedural phantoms, or real patients' slices of the "
+                        "licensed pool split by patient (ctflow.realct) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="solver seed; the noise of image i is seeded with i (default: %(default)s)")
     p.add_argument("--tasks", nargs="+", default=["ct30", "ct60", "ct30-1e5", "ct60-1e5",

@@ -187,7 +187,7 @@ def test_default_parameters_are_stable(toy):
     from ctflow.solvers.conjugate import GENERIC
     from ctflow.solvers.context import resolve_options, task_context
 
-    toy.prior.presets = load_prior("default").presets
+    toy.prior.presets = load_prior("phantom-64").presets
     refs = {}
     for family in (None, *FAMILIES):
         for k in (5, 10, 20):

@@ -100,7 +100,7 @@ def test_bad_options_raise() -> None:
 
 def test_family_defaults_are_used_and_explicit_options_win() -> None:
     prior, op, y, _ = _problem()
-    prior.presets = load_prior("default").presets
+    prior.presets = load_prior("phantom-64").presets
     for family, expect in ((None, "inpainting"), ("sr", "sr")):
         out = dflow(y, op, prior=prior, noise_std=0.05, task_family=family, iters=1)
         record = select_record(prior.presets.records("dflow"), expect, True, mask_kind(op), N,

@@ -228,10 +228,18 @@ def test_shipped_default_prior_loads_and_denoises():
             assert cfg["weights_sha256"] == file_sha256(priors_dir() / f"{name}.safetensors")
     assert weights.stat().st_size <= 20e6
     training = prior.config["training"]
-    assert training["steps"] > 0 and "train_prior.py" in training["command"]
+    assert training["steps"] > 0 and "train" in training["command"]
     s = prior.image_size
-    train = phantom_pool(s, 200, "train")
-    test = phantom_pool(s, 8, "test")
+    if training["data"]["source"] == "realct":  # the training patients vs held-out patients
+        from ctflow.priors.datasets import realct_pool
+        from ctflow.realct import POOL_FILE, realct_dir
+
+        if not (realct_dir() / POOL_FILE).is_file():
+            pytest.skip("the real-CT pool (shared/data/realct) is not here")
+
+        train, test = realct_pool(s, 200, "train", seed=5), realct_pool(s, 8, "val", seed=6)
+    else:
+        train, test = phantom_pool(s, 200, "train"), phantom_pool(s, 8, "test")
     m, s2 = train.mean(0), train.var(0).clamp_min(1e-8)
     z = torch.randn(test.shape, generator=torch.Generator().manual_seed(0))
     xt = 0.5 * test + 0.5 * z
