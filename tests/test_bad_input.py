@@ -146,7 +146,8 @@ def test_empty_folder(tmp_path, capsys):
 def test_output_in_missing_folder(good, tmp_path, capsys):
     out = tmp_path / "missing" / "o.npy"
     fails(capsys, recon(good, out), out, "does not exist")
-    fails(capsys, ["simulate", "--size", "16", "-o", str(out)], out, "does not exist")
+    sino = tmp_path / "missing" / "o.h5"
+    fails(capsys, ["simulate", "--size", "16", "-o", str(sino)], sino, "does not exist")
     series = tmp_path / "missing" / "series"
     fails(capsys, recon(good, series) + ["--format", "dicom"], series, "does not exist")
     assert listing(tmp_path) == []

@@ -1,10 +1,9 @@
-"""DICOM series: write→read round trips, validation by dciodvfy, reference pass-through,
-sorting, rescale and padding, and refusal of non-CT input."""
+"""DICOM series: write→read round trips, reference pass-through, sorting, rescale and
+padding, and refusal of non-CT input.  Validation by dciodvfy: tests/test_dicom_checks.py."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -17,12 +16,6 @@ from ctflow.errors import InputError, OutputError
 from ctflow.io.dicom import read_series, write_series
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """The lines dciodvfy (dicom3tools) reports as errors for one file."""
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (out.stderr + out.stdout).splitlines() if line.startswith("Error")]
 
 
 def volume(seed: int = 0, shape: tuple[int, int, int] = (3, 24, 32)) -> np.ndarray:
@@ -47,8 +40,6 @@ def test_round_trip_within_one_hu_and_geometry(tmp_path):
     assert np.abs(back.hu - hu).max() <= 0.5 + 1e-4  # int16 rounding only
     assert back.spacing == pytest.approx((2.5, 0.7, 0.7))
     assert np.allclose(np.diff(back.positions[:, 2]), 2.5)
-    for f in files:
-        assert dciodvfy_errors(f) == []
 
 
 def test_written_attributes(tmp_path):
@@ -83,7 +74,6 @@ def test_reference_pass_through(tmp_path):
     centre_ref = ref.positions[0] + (r + c) * ref.spacing[2] * (128 - 1) / 2
     assert np.allclose(centre_new, centre_ref, atol=1e-4)
     assert np.abs(back.hu - (ref.hu + 7.0)).max() <= 0.5 + 1e-4
-    assert dciodvfy_errors(files[0]) == []
 
 
 def test_reads_ct_small_with_rescale(tmp_path):
@@ -131,7 +121,7 @@ def test_clipping_to_int16_warns(tmp_path):
 
 
 def _retag(folder: Path, **changes) -> None:
-    for f in folder.iterdir():
+    for f in folder.glob("*.dcm"):  # not the .ctflow-series marker
         ds = pydicom.dcmread(f)
         for key, value in changes.items():
             if value is None:

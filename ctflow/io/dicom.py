@@ -6,9 +6,12 @@ and so are DICOMDIR index files.  Every DICOM image must be CT with pixel data, 
 the read is refused.  Images are grouped by SeriesInstanceUID, sorted by the position
 along the slice normal n = r × c (r, c the row and column directions of
 ImageOrientationPatient): s_k = ⟨ImagePositionPatient_k, n⟩.  Values become
-HU = stored·RescaleSlope + RescaleIntercept; stored values equal to PixelPaddingValue
-(or within [PixelPaddingValue, PixelPaddingRangeLimit]) are set to −1000 HU (air) and
-flagged in ``padding_mask``.
+HU = stored·RescaleSlope + RescaleIntercept (both Type 1 in the CT Image module: a file
+without them, or with slope 0 or a non-finite value, is refused); stored values equal to
+PixelPaddingValue (or within [PixelPaddingValue, PixelPaddingRangeLimit]) are set to
+−1000 HU (air) and flagged in ``padding_mask``.  Geometry read from the files must be
+plausible: pixel and slice spacing finite, > 0 and ≤ 100 mm, positions finite and within
+±1e5 mm.
 
 Writing (:func:`write_series`): one CT Image Storage file per slice, ImageType
 DERIVED\\SECONDARY\\AXIAL, new Series and SOP Instance UIDs, int16 stored values with
@@ -16,8 +19,11 @@ RescaleSlope 1 and RescaleIntercept 0 (HU outside [−32768, 32767] are clipped,
 warning), pixel spacing and slice positions from the geometry, a VOI window, and a
 DerivationDescription naming the method and the number of views.  With a reference
 series the patient, study and frame of reference are copied from it and the slices are
-centred on the reference slices; otherwise new patient/study IDs and UIDs are generated.
-The series is written into a hidden temporary folder and renamed into place.
+centred on the reference slices (empty reference IDs, UIDs and dates keep the generated
+ones); otherwise new patient/study IDs and UIDs are generated.  Every file passes dciodvfy
+(dicom3tools) without errors or warnings.  :func:`check_reference` refuses a reference
+that does not fit a reconstruction.  The series is written into a hidden temporary folder
+and renamed into place.
 """
 
 from __future__ import annotations
@@ -42,15 +48,24 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 PADDING_HU = -1000.0
 INT16_MIN, INT16_MAX = -32768, 32767
+#: Plausibility bounds of geometry read from files: pixel and slice spacing in (0, 100] mm,
+#: ImagePositionPatient coordinates within ±1e5 mm (100 m).
+MAX_SPACING_MM = 100.0
+MAX_POSITION_MM = 1e5
 
 #: Attributes copied from a reference series: Patient, General Study, Frame of Reference
-#: (and the patient's position on the table).
+#: and the patient's position on the table; its Laterality (R, L) becomes ImageLaterality.
 REFERENCE_KEYWORDS = (
     "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
     "PatientAge", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
     "ReferringPhysicianName", "StudyDescription", "FrameOfReferenceUID",
-    "PositionReferenceIndicator", "PatientPosition",
+    "PositionReferenceIndicator", "PatientPosition", "Laterality",
 )
+#: Reference attributes whose empty value does not replace ctflow's generated one: the UIDs
+#: are Type 1, the IDs and dates are needed to build a DICOMDIR (dciodvfy warns when empty).
+KEEP_WHEN_EMPTY = frozenset({"PatientID", "StudyInstanceUID", "StudyDate", "StudyTime",
+                             "StudyID", "FrameOfReferenceUID"})
+PERSON_NAMES = frozenset({"PatientName", "ReferringPhysicianName"})
 
 
 @dataclass
@@ -158,21 +173,31 @@ def _assemble(name: str, items: list[tuple[Path, Dataset]]) -> DicomVolume:
                                atol=1e-4):
                 raise InputError(f"{path}: orientation differs from the rest of the series")
             position = _floats(ds, "ImagePositionPatient", 3, path)
+            if np.abs(position).max() > MAX_POSITION_MM:
+                raise InputError(f"{path}: implausible ImagePositionPatient "
+                                 f"{position.tolist()} (beyond ±{MAX_POSITION_MM:g} mm)")
             slices.append((float(position @ normal), position, path, ds))
         slices.sort(key=lambda s: s[0])
         locations = np.array([s[0] for s in slices])
         if len(slices) > 1 and np.min(np.diff(locations)) < 1e-4:
             raise InputError(f"{name}: two slices share one position")
         dy, dx = _floats(first, "PixelSpacing", 2, items[0][0])
+        for path, ds in items:
+            spacing = _floats(ds, "PixelSpacing", 2, path)
+            for value in spacing:
+                _check_spacing(value, "PixelSpacing", path)
+            if not np.allclose(spacing, (dy, dx), rtol=1e-4):
+                raise InputError(f"{path}: PixelSpacing differs from the rest of the series")
         if len(slices) > 1:
             steps = np.diff(locations)
-            dz = float(np.median(steps))
+            dz = _check_spacing(float(np.median(steps)), "slice spacing (from "
+                                "ImagePositionPatient)", name)
             if np.max(np.abs(steps - dz)) > 0.01 * dz + 1e-3:
                 warnings.warn(f"{name}: slice spacing is irregular "
                               f"({steps.min():.3g}–{steps.max():.3g} mm); using {dz:.4g} mm",
                               stacklevel=2)
         else:
-            dz = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
+            dz = _single_slice_spacing(first, items[0][0])
         images, masks = [], []
         shape = (int(first.Rows), int(first.Columns))
         for _, _, path, ds in slices:
@@ -221,8 +246,10 @@ def _to_hu(ds: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{path}: cannot decode pixel data ({one_line(exc)})") from exc
     if stored.ndim != 2:
         raise InputError(f"{path}: expected one 2-D frame, got pixel array {stored.shape}")
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope = _rescale_value(ds, "RescaleSlope", path)
+    intercept = _rescale_value(ds, "RescaleIntercept", path)
+    if slope == 0.0:
+        raise InputError(f"{path}: RescaleSlope is 0 (every pixel would be one HU value)")
     mask = np.zeros(stored.shape, dtype=bool)
     pad = ds.get("PixelPaddingValue")
     if pad is not None:
@@ -231,14 +258,73 @@ def _to_hu(ds: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
         mask = (stored >= lo) & (stored <= hi)
     hu = stored.astype(np.float64) * slope + intercept
     hu[mask] = PADDING_HU
+    with np.errstate(over="ignore"):  # finite in float64 can still overflow float32
+        hu = hu.astype(np.float32)
     if not np.isfinite(hu).all():
         raise InputError(f"{path}: rescaled values are not finite")
-    return hu.astype(np.float32), mask
+    return hu, mask
+
+
+def _rescale_value(ds: Dataset, keyword: str, path: Path) -> float:
+    """RescaleSlope or RescaleIntercept: Type 1 in the CT Image module, so present, one
+    finite number (no default is guessed)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise InputError(f"{path}: {keyword} is missing (required in CT images)")
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: {keyword} {value!r} is not a number") from exc
+    if not np.isfinite(number):
+        raise InputError(f"{path}: {keyword} {number} is not finite")
+    return number
+
+
+def _single_slice_spacing(ds: Dataset, path: Path) -> float:
+    """Slice spacing of a one-slice series: SpacingBetweenSlices, else SliceThickness, else
+    1 mm when both are absent or empty; a value that is present must be plausible."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = ds.get(keyword)
+        if value is not None and value != "":
+            try:
+                number = float(value)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{path}: {keyword} {value!r} is not a number") from exc
+            return _check_spacing(number, keyword, path)
+    return 1.0
+
+
+def _check_spacing(value: float, what: str, where: object) -> float:
+    """A pixel or slice spacing in mm must be finite, > 0 and <= MAX_SPACING_MM."""
+    if not (np.isfinite(value) and 0.0 < value <= MAX_SPACING_MM):
+        raise InputError(f"{where}: implausible {what} {value:.6g} mm (expected > 0 and "
+                         f"<= {MAX_SPACING_MM:g} mm)")
+    return float(value)
 
 
 def _dicom_str(ds: Dataset, keyword: str) -> str:
     value = ds[keyword].value
     return "" if value is None else str(value)
+
+
+def check_reference(reference: DicomVolume, shape: tuple[int, int, int],
+                    pixel_size_mm: float, name: str, source: str) -> None:
+    """Refuse a reference series (read from ``name``) that does not fit the reconstruction of
+    ``source``, ``shape`` (slices, rows, columns) with ``pixel_size_mm`` pixels: one
+    InputError naming every difference (matrix size, slice count, pixel spacing within
+    0.01 %)."""
+    slices, rows, cols = reference.hu.shape
+    _, dy, dx = reference.spacing
+    differences = []
+    if (rows, cols) != (int(shape[1]), int(shape[2])):
+        differences.append(f"matrix {rows}×{cols} vs {int(shape[1])}×{int(shape[2])}")
+    if slices != int(shape[0]):
+        differences.append(f"{slices} vs {int(shape[0])} slice(s)")
+    if not np.allclose((dy, dx), pixel_size_mm, rtol=1e-4, atol=0.0):
+        differences.append(f"pixel spacing {dy:.6g}×{dx:.6g} mm vs {pixel_size_mm:.6g} mm")
+    if differences:
+        raise InputError(f"{name}: reference series does not match the reconstruction of "
+                         f"{source} (reference vs reconstruction: {'; '.join(differences)})")
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -270,8 +356,8 @@ def write_series(
         raise InputError(f"{folder}: image volume must be (slices, H, W), got {hu.shape}")
     if not np.isfinite(hu).all():
         raise InputError(f"{folder}: image volume contains NaN or Inf")
-    if not (pixel_spacing_mm > 0 and slice_spacing_mm > 0):
-        raise InputError(f"{folder}: pixel and slice spacing must be positive")
+    _check_spacing(float(pixel_spacing_mm), "pixel spacing", folder)
+    _check_spacing(float(slice_spacing_mm), "slice spacing", folder)
     clipped = int(((hu < INT16_MIN) | (hu > INT16_MAX)).sum())
     if clipped:
         warnings.warn(f"{folder}: {clipped} pixels outside the int16 HU range were clipped",
@@ -312,11 +398,12 @@ def _common_dataset(reference, description, window, pixel_mm, slice_mm, shape) -
     ds.PatientPosition = ""
     ref = reference.reference if isinstance(reference, DicomVolume) else (reference or {})
     for key in REFERENCE_KEYWORDS:
-        if key in ref and ref[key] is not None:
-            setattr(ds, key, str(ref[key]))
-    # General Series
+        value = "" if ref.get(key) is None else str(ref[key])
+        if key in ref and key != "Laterality" and (value or key not in KEEP_WHEN_EMPTY):
+            setattr(ds, key, _person_name(value) if key in PERSON_NAMES else value)
+    # General Series: no Laterality (Type 2C: required only without ImageLaterality, and
+    # then not empty for a paired body part; dciodvfy flags an empty one)
     ds.Modality = "CT"
-    ds.Laterality = ""
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 9000 + int(now.strftime("%M%S")) % 1000
     ds.SeriesDate, ds.SeriesTime = date, time
@@ -326,6 +413,8 @@ def _common_dataset(reference, description, window, pixel_mm, slice_mm, shape) -
     ds.SoftwareVersions = __version__
     # General Image, CT Image
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    side = str(ref.get("Laterality") or "").strip().upper()  # the reference's side, else
+    ds.ImageLaterality = side if side in ("R", "L") else "U"  # U: unpaired
     ds.ContentDate, ds.ContentTime = date, time
     ds.KVP = ""
     ds.AcquisitionNumber = 1
@@ -350,6 +439,12 @@ def _common_dataset(reference, description, window, pixel_mm, slice_mm, shape) -
     ds.SOPClassUID = CT_IMAGE_STORAGE
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     return ds
+
+
+def _person_name(value: str) -> str:
+    """A PN value in the current form: a bare name without component separators (the
+    retired form, e.g. "REMOVED") gets its family-name separator ("REMOVED^")."""
+    return value if not value or "^" in value or "=" in value else value + "^"
 
 
 def _plane(reference, shape, pixel_mm: float, slice_mm: float) -> tuple[np.ndarray, np.ndarray]:

@@ -29,20 +29,33 @@ radians otherwise — the assumption is recorded in ``SinogramFile.notes``.  Wit
 preset the geometry is parallel beam, image size = detector count, 1 mm pixels and bins.
 
 Every failure raises :class:`ctflow.errors.InputError` with a one-line message that starts
-with the file name.  Because the HDF5 library can crash outright on some corrupt files,
-each file is first read in a forked child process (:func:`probe_in_child`).
+with the file name.  Reading is bounded at every step:
+
+* the HDF5 library can crash or loop for ever on some corrupt files, so each file's
+  metadata is first walked in a child process with a no-progress timeout
+  (:func:`probe_in_child`, :mod:`ctflow.io.probe`): "FILE: corrupt HDF5 file (...)";
+* attributes are read only after their type, element count and storage size were checked
+  with the low-level API (:func:`_attr`, at most ``MAX_ATTR_BYTES``);
+* datasets are read only after their dtype, rank, declared shape (per-axis limits of
+  :mod:`ctflow.io.limits`), storage (the data must be in this file — not behind soft or
+  external links, not in external raw files or virtual datasets — inside it, and
+  completely written: every chunk stored) and the memory the read needs (against the RAM
+  available) were checked, and the sinogram's shape was checked against the angles and
+  the geometry;
+* every physical value read — geometry sizes and distances, angles, the root attributes
+  ``mu_water_per_mm``, ``noise_std``, ``noise``, ``photons`` and ``/metadata``
+  ``SliceSpacingMM`` — must be inside its plausible range
+  (:func:`ctflow.io.limits.check_quantity`).
+
 Writes are atomic (:mod:`ctflow.io.atomic`).
 """
 
 from __future__ import annotations
 
-import faulthandler
+import functools
 import json
 import math
 import os
-import signal
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +66,17 @@ import numpy as np
 from ..errors import InputError
 from ..operators import CTGeometry
 from .atomic import atomic_file, one_line
+from .limits import AXIS_LIMITS, check_angles, check_memory, check_quantity, check_shape
+from .probe import MAX_ATTR_BYTES, run_in_child, walk_hdf5
 
 FORMAT_VERSION = 1
 MAX_ELEMENTS = 2**31  # refuse datasets larger than this (corrupt headers claim huge sizes)
+MAX_ATTRS = 4096  # refuse objects with more attributes than this
+#: What the readers open by name; the probe opens them too (name lookups and iteration take
+#: different code paths in the HDF5 library).
+READER_PATHS = ("sinogram", "angles", "image", "metadata", "data", "exchange",
+                "exchange/data", "exchange/data_white", "exchange/data_dark", "exchange/theta")
+READER_ATTRS = ("ctflow_format", "content", "geometry", "units")
 LODOPAB_MU_MAX_PER_M = 81.35858
 TRANSMISSION_FLOOR = 1e-6
 
@@ -105,6 +126,9 @@ def geometry_from_preset(preset: str, views: int, source: str) -> CTGeometry:
     """
     if preset in PRESETS:
         return PRESETS[preset]()
+    if views > AXIS_LIMITS["views"]:
+        raise InputError(f"{source}: {views} views is outside the supported "
+                         f"1–{AXIS_LIMITS['views']}")
     text = preset
     if not preset.lstrip().startswith("{"):
         p = Path(preset)
@@ -123,9 +147,11 @@ def geometry_from_preset(preset: str, views: int, source: str) -> CTGeometry:
         if angles is None:
             full = 2 * np.pi if spec.get("type") == "fan" else np.pi
             angles = np.arange(views) * full / views
-        return CTGeometry.from_json(json.dumps(spec), np.asarray(angles, dtype=np.float64))
-    except (ValueError, TypeError) as exc:
+        geometry = CTGeometry.from_json(json.dumps(spec), np.asarray(angles, dtype=np.float64))
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InputError(f"{source}: invalid geometry preset ({one_line(exc)})") from exc
+    check_geometry(geometry, source)
+    return geometry
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -196,16 +222,17 @@ def read_reconstruction(path: str | os.PathLike[str]) -> ReconstructionFile:
     """Read a file written by :func:`write_reconstruction`."""
     name = str(path)
     with _open(path) as f:
-        if _layout(f, name) != "ctflow-v1" or f.attrs.get("content") != "reconstruction":
+        if _layout(f, name) != "ctflow-v1" or _attr(f, "content", name) != "reconstruction":
             raise InputError(f"{name}: not a ctflow reconstruction file")
-        angles = _float_array(f, "angles", name, (1,), dtype=np.float64)
+        angles = _read(_declared(f, "angles", name, VIEWS), name, np.float64)
         geometry = _geometry(f, name, angles)
-        image = _as_3d(_float_array(f, "image", name, (2, 3)), "image", name)
         size = geometry.image_size
-        if image.shape[1:] != (size, size):
-            raise InputError(f"{name}: /image shape {image.shape} does not match the geometry "
+        ds = _declared(f, "image", name, IMAGE)
+        if tuple(ds.shape[-2:]) != (size, size):
+            raise InputError(f"{name}: /image shape {ds.shape} does not match the geometry "
                              f"image size {size}")
-        return ReconstructionFile(image, geometry, _metadata(f), _attrs(f))
+        image = _as_3d(_read(ds, name), "image", name)
+        return ReconstructionFile(image, geometry, _metadata(f, name), _attrs(f, name))
 
 
 def file_kind(path: str | os.PathLike[str]) -> str:
@@ -213,13 +240,14 @@ def file_kind(path: str | os.PathLike[str]) -> str:
     name = str(path)
     with _open(path) as f:
         layout = _layout(f, name)
-        if layout == "ctflow-v1" and f.attrs.get("content") == "reconstruction":
+        if layout == "ctflow-v1" and _attr(f, "content", name) == "reconstruction":
             return "reconstruction"
         return "sinogram" if layout == "ctflow-v1" else layout
 
 
 class _open:
-    """Open an HDF5 file for reading; every failure inside becomes a one-line InputError."""
+    """Open an HDF5 file for reading after a probe in a child process
+    (:func:`probe_in_child`); every failure inside becomes a one-line InputError."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -232,15 +260,22 @@ class _open:
             raise InputError(f"{self.name}: no such file")
         if p.is_dir():
             raise InputError(f"{self.name}: is a folder, expected an HDF5 file")
+        if not p.is_file():  # a FIFO or a device would block or never end
+            raise InputError(f"{self.name}: not a regular file, expected an HDF5 file")
         try:
             is_hdf5 = h5py.is_hdf5(p)
         except Exception:
             is_hdf5 = False
         if not is_hdf5:
             raise InputError(f"{self.name}: not an HDF5 file")
-        crash = probe_in_child(p)
-        if crash:
-            raise InputError(f"{self.name}: corrupt HDF5 file ({crash})")
+        key = _identity(p)
+        if key not in _PROBED:
+            failure = probe_in_child(p)
+            if failure:
+                raise InputError(f"{self.name}: corrupt HDF5 file ({failure})")
+            _PROBED[key] = None
+            while len(_PROBED) > 64:
+                _PROBED.pop(next(iter(_PROBED)))
         try:
             self.file = h5py.File(p, "r")
         except Exception as exc:
@@ -260,66 +295,46 @@ class _open:
                          f"({one_line(exc)})") from exc
 
 
-def probe_in_child(path: Path, timeout_s: float = 300.0) -> str | None:
-    """Read every object, attribute and dataset of ``path`` in a forked child process.
+_PROBED: dict[tuple[int, ...], None] = {}  # files that passed the probe, by identity
 
-    The HDF5 C library can crash (segfault) on some corrupt files instead of reporting an
-    error; the child takes that risk so the caller never does.  Returns a description of
-    the crash, or None when the child finished (errors it met are left for the real read
-    to report).  Without ``os.fork`` (Windows) the probe is skipped.
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """Device, inode, size and change times: a file rewritten since its probe differs."""
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def probe_in_child(path: Path, timeout_s: float | None = None) -> str | None:
+    """Read the metadata of ``path`` (:func:`_read_everything`) in a child process.
+
+    The HDF5 C library can crash or loop for ever on some corrupt files (see
+    :mod:`ctflow.io.probe`); the child takes that risk so the caller never does.  Returns
+    what went wrong ("the HDF5 library crashed (signal 11) while reading its metadata",
+    "... made no progress for 3 s ..."), or None when the child finished (errors it met
+    are left for the real read to report).  ``timeout_s``: the no-progress timeout
+    (default :func:`ctflow.io.probe.idle_timeout`).
     """
-    if not hasattr(os, "fork"):
+    failure = run_in_child(functools.partial(_read_everything, path), timeout_s)
+    if failure is None:
         return None
-    with warnings.catch_warnings():  # fork in a threaded process: the child only reads
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child: quiet, no fault handler, never returns
-        try:
-            faulthandler.disable()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            _read_everything(path)
-        finally:
-            os._exit(0)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None  # slow, not crashed: let the real read decide
-        time.sleep(0.005)
-    if os.WIFSIGNALED(status):
-        return f"the HDF5 library crashed reading it, signal {os.WTERMSIG(status)}"
-    return None
+    return f"the HDF5 library {failure} while reading its metadata"
 
 
 def _read_everything(path: Path) -> None:
-    def visit(_: str, obj: h5py.HLObject) -> None:
-        for key in obj.attrs:
-            obj.attrs[key]
-        if isinstance(obj, h5py.Dataset) and obj.size <= MAX_ELEMENTS:
-            obj[()]
-
-    try:
-        with h5py.File(path, "r") as f:
-            visit("/", f)
-            f.visititems(visit)
-    except Exception:
-        pass
+    """The probe's task: every object and attribute, plus what the readers open by name."""
+    walk_hdf5(path, READER_PATHS, READER_ATTRS)
 
 
 def _layout(f: h5py.File, name: str) -> str:
     if "ctflow_format" in f.attrs:
-        version = f.attrs["ctflow_format"]
-        if not np.isscalar(version) or int(version) != FORMAT_VERSION:
-            raise InputError(f"{name}: unsupported ctflow_format {version!r} "
+        version = _attr(f, "ctflow_format", name)
+        if not np.isscalar(version) or isinstance(version, (str, bytes)) \
+                or not float(version) == FORMAT_VERSION:
+            raise InputError(f"{name}: unsupported ctflow_format {_plain(version)!r} "
                              f"(this version reads {FORMAT_VERSION})")
         return "ctflow-v1"
-    if "exchange" in f and isinstance(f["exchange"], h5py.Group) and "data" in f["exchange"]:
+    if "exchange" in f and isinstance(_member(f, "exchange", name), h5py.Group) \
+            and "data" in f["exchange"]:
         return "dxchange"
     if "data" in f:
         return "lodopab"
@@ -328,35 +343,124 @@ def _layout(f: h5py.File, name: str) -> str:
     raise InputError(f"{name}: no /sinogram dataset (not a ctflow, LoDoPaB or DXchange file)")
 
 
-def _dataset(f: h5py.Group, key: str, name: str) -> h5py.Dataset:
+# ----------------------------------------------------------------- bounded low-level access
+def _attr(obj: h5py.HLObject, key: str | bytes, name: str, default: Any = None) -> Any:
+    """Attribute ``key`` of ``obj`` (``default`` when absent), read only after its type,
+    element count and storage size were checked with the low-level API.
+
+    Variable-length strings live in the file's global heap, whose objects the library
+    bounds by the file size; their length is checked once read.
+    """
+    if key not in obj.attrs:
+        return default
+    label = f"attribute {key!r} of {obj.name}"
+    aid = h5py.h5a.open(obj.id, key if isinstance(key, bytes) else key.encode())
+    dtype = aid.dtype
+    vlen = dtype.kind == "O" and h5py.check_string_dtype(dtype) is not None
+    if not (dtype.kind in "biufS" or vlen):
+        raise InputError(f"{name}: {label} has unsupported type {dtype}")
+    count = aid.get_space().get_simple_extent_npoints()
+    nbytes = max(aid.get_storage_size(), count * dtype.itemsize)
+    if nbytes > MAX_ATTR_BYTES:
+        raise InputError(f"{name}: {label} is implausibly large ({nbytes} bytes)")
+    value = obj.attrs[key]
+    if vlen:
+        nbytes = sum(len(v) for v in np.ravel(np.asarray(value, dtype=object)))
+        if nbytes > MAX_ATTR_BYTES:
+            raise InputError(f"{name}: {label} is implausibly large ({nbytes} bytes)")
+    return value
+
+
+def _all_attrs(obj: h5py.HLObject, name: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every attribute of ``obj`` (bounded reads) as plain Python values."""
+    count = h5py.h5o.get_info(obj.id).num_attrs
+    if count > MAX_ATTRS:
+        raise InputError(f"{name}: {obj.name} has {count} attributes (at most {MAX_ATTRS} "
+                         "are read)")
+    return {_plain(k): _plain(_attr(obj, k, name)) for k in obj.attrs.keys() if k not in skip}
+
+
+def _member(f: h5py.Group, key: str, name: str) -> h5py.HLObject:
+    """``f[key]`` if it is a hard link: soft and external links (which may point into
+    other files) are refused."""
     if key not in f:
-        raise InputError(f"{name}: missing dataset /{key}")
-    ds = f[key]
+        raise InputError(f"{name}: missing dataset {f.name.rstrip('/')}/{key}")
+    link = f.get(key, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        kind = {h5py.SoftLink: "soft link", h5py.ExternalLink: "link to another file"}.get(
+            type(link), "link of an unknown kind")
+        raise InputError(f"{name}: {f.name.rstrip('/')}/{key} is a {kind}; only objects "
+                         "stored in this file are read")
+    return f[key]
+
+
+def _declared(f: h5py.Group, key: str, name: str, axes: tuple[tuple[str, ...], ...],
+              kinds: str = "f", work: int = 4) -> h5py.Dataset:
+    """Dataset ``key`` after every check that needs no data: a real-number dtype, a rank in
+    ``axes`` (one tuple of axis names per allowed rank), each axis within its limit, data
+    in this file that is actually stored, and a read (file dtype plus ``work`` bytes per
+    element) within the memory budget."""
+    ds = _member(f, key, name)
+    label = f"{f.name.rstrip('/')}/{key}"
     if not isinstance(ds, h5py.Dataset):
-        raise InputError(f"{name}: /{key} is not a dataset")
+        raise InputError(f"{name}: {label} is not a dataset")
+    if ds.dtype.kind not in kinds or ds.dtype.itemsize > 8:
+        raise InputError(f"{name}: {label} has dtype {ds.dtype}, expected real numbers")
+    names = {len(a): a for a in axes}
+    if ds.shape is None or ds.ndim not in names:
+        ranks = " or ".join(f"{len(a)}-D" for a in axes)
+        raise InputError(f"{name}: {label} has shape {ds.shape}, expected {ranks}")
+    check_shape(ds.shape, names[ds.ndim], label, name)
+    count = math.prod(ds.shape)
+    if count > MAX_ELEMENTS:
+        raise InputError(f"{name}: {label} declares {count} values (at most {MAX_ELEMENTS})")
+    _check_storage(ds, count * ds.dtype.itemsize, label, name)
+    check_memory(count * (ds.dtype.itemsize + work), label, name)
     return ds
 
 
-def _float_array(f: h5py.Group, key: str, name: str, ndims: tuple[int, ...],
-                 dtype: type = np.float32, kinds: str = "f") -> np.ndarray:
-    """Read dataset ``key`` as a finite real array of one of the given ranks."""
-    ds = _dataset(f, key, name)
-    label = f"{f.name.rstrip('/')}/{key}"
-    if ds.dtype.kind not in kinds or ds.dtype.itemsize > 8:
-        raise InputError(f"{name}: {label} has dtype {ds.dtype}, expected real numbers")
-    if ds.ndim not in ndims:
-        raise InputError(f"{name}: {label} has shape {ds.shape}, expected "
-                         f"{' or '.join(f'{d}-D' for d in ndims)}")
-    if ds.size > MAX_ELEMENTS or ds.size == 0:
-        raise InputError(f"{name}: {label} has implausible size {ds.shape}")
+def _check_storage(ds: h5py.Dataset, nbytes: int, label: str, name: str) -> None:
+    """The data are in this file, inside it, and completely stored."""
+    plist = ds.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL or plist.get_external_count() > 0:
+        raise InputError(f"{name}: {label} keeps its data in other files; only data "
+                         "stored in this file are read")
+    file_size = os.path.getsize(ds.file.filename)
+    stored = ds.id.get_storage_size()
+    offset = ds.id.get_offset() if layout == h5py.h5d.CONTIGUOUS else None
+    if stored == 0 or (layout == h5py.h5d.CONTIGUOUS and offset is None):
+        raise InputError(f"{name}: {label} declares shape {ds.shape} but stores no data")
+    if offset is not None and offset + nbytes > file_size:
+        raise InputError(f"{name}: {label} declares {nbytes} bytes of data beyond the end of "
+                         f"the file ({file_size} bytes)")
+    if stored > file_size:
+        raise InputError(f"{name}: {label} claims {stored} bytes of storage in a file of "
+                         f"{file_size} bytes")
+    if layout == h5py.h5d.CHUNKED:  # chunks never written would read as fill values
+        chunks = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
+        written = ds.id.get_num_chunks()
+        if written < chunks:
+            raise InputError(f"{name}: {label} declares shape {ds.shape} but stores only "
+                             f"{written} of its {chunks} chunks")
+
+
+def _read(ds: h5py.Dataset, name: str, dtype: type = np.float32) -> np.ndarray:
+    """The data of a dataset checked by :func:`_declared`, all finite."""
     a = np.asarray(ds[()], dtype=dtype)
     if not np.isfinite(a).all():
-        raise InputError(f"{name}: {label} contains NaN or Inf")
+        raise InputError(f"{name}: {ds.name} contains NaN or Inf")
     return a
 
 
+# ---------------------------------------------------------------------------- the layouts
+VIEWS = (("views",),)
+SINOGRAM = (("views", "detectors"), ("slices", "views", "detectors"))
+IMAGE = (("image_size", "image_size"), ("slices", "image_size", "image_size"))
+
+
 def _geometry(f: h5py.File, name: str, angles: np.ndarray) -> CTGeometry:
-    text = f.attrs.get("geometry")
+    text = _attr(f, "geometry", name)
     if text is None:
         raise InputError(f"{name}: missing root attribute 'geometry'")
     if isinstance(text, bytes):
@@ -364,45 +468,74 @@ def _geometry(f: h5py.File, name: str, angles: np.ndarray) -> CTGeometry:
     if not isinstance(text, str):
         raise InputError(f"{name}: root attribute 'geometry' is not JSON text")
     try:
-        return CTGeometry.from_json(text, angles)
-    except (ValueError, TypeError, KeyError) as exc:
+        geometry = CTGeometry.from_json(text, angles)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise InputError(f"{name}: invalid geometry ({one_line(exc)})") from exc
+    check_geometry(geometry, name)
+    return geometry
 
 
-def _check_shape(sino: np.ndarray, geometry: CTGeometry, name: str) -> None:
+def check_geometry(geometry: CTGeometry, source: str) -> None:
+    """Sizes within the supported limits and every physical value plausible
+    (:mod:`ctflow.io.limits`)."""
+    for key, axis in (("image_size", "image_size"), ("det_count", "detectors")):
+        value = int(getattr(geometry, key))
+        if value > AXIS_LIMITS[axis]:
+            raise InputError(f"{source}: geometry {key} = {value} is outside the supported "
+                             f"1–{AXIS_LIMITS[axis]}")
+    keys = ["pixel_size_mm", "det_spacing_mm"]
+    if geometry.type == "fan":
+        keys += ["source_origin_mm", "origin_det_mm"]
+    for key in keys:
+        check_quantity(key, getattr(geometry, key), source, f"geometry {key}")
+    if geometry.num_views > AXIS_LIMITS["views"]:
+        raise InputError(f"{source}: {geometry.num_views} views is outside the supported "
+                         f"1–{AXIS_LIMITS['views']}")
+    check_angles(geometry.angles, source)
+
+
+def _check_shape(shape: tuple[int, ...], geometry: CTGeometry, name: str,
+                 what: str = "sinogram") -> None:
     expected = tuple(int(n) for n in geometry.sinogram_shape)
-    if sino.shape[1:] != expected:
-        raise InputError(f"{name}: sinogram shape {sino.shape} does not match the geometry "
+    if tuple(shape[-2:]) != expected:
+        raise InputError(f"{name}: {what} shape {tuple(shape)} does not match the geometry "
                          f"(views, det) = {expected}")
 
 
 def _read_v1(f: h5py.File, name: str) -> SinogramFile:
-    if f.attrs.get("content") == "reconstruction":
+    if _attr(f, "content", name) == "reconstruction":
         raise InputError(f"{name}: is a ctflow reconstruction file, not a sinogram")
-    sino = _as_3d(_float_array(f, "sinogram", name, (2, 3)), "sinogram", name)
-    angles = _float_array(f, "angles", name, (1,), dtype=np.float64)
-    if len(angles) != sino.shape[1]:
-        raise InputError(f"{name}: /angles has {len(angles)} entries, the sinogram "
-                         f"{sino.shape[1]} views")
-    geometry = _geometry(f, name, angles)
-    _check_shape(sino, geometry, name)
-    image = None
+    sino_ds = _declared(f, "sinogram", name, SINOGRAM)
+    angles_ds = _declared(f, "angles", name, VIEWS)
+    if angles_ds.shape[0] != sino_ds.shape[-2]:
+        raise InputError(f"{name}: /angles has {angles_ds.shape[0]} entries, the sinogram "
+                         f"{sino_ds.shape[-2]} views")
+    geometry = _geometry(f, name, _read(angles_ds, name, np.float64))
+    _check_shape(sino_ds.shape, geometry, name)
+    slices = 1 if sino_ds.ndim == 2 else sino_ds.shape[0]
+    size = int(geometry.image_size)
+    image_ds = None
     if "image" in f:
-        image = _as_3d(_float_array(f, "image", name, (2, 3)), "image", name)
-        size = int(geometry.image_size)
-        if image.shape != (sino.shape[0], size, size):
-            raise InputError(f"{name}: /image shape {image.shape} does not match "
-                             f"({sino.shape[0]}, {size}, {size})")
-    return SinogramFile(sino, geometry, image, _metadata(f), _attrs(f))
+        image_ds = _declared(f, "image", name, IMAGE)
+        shape = (1, *image_ds.shape) if image_ds.ndim == 2 else tuple(image_ds.shape)
+        if shape != (slices, size, size):
+            raise InputError(f"{name}: /image shape {shape} does not match "
+                             f"({slices}, {size}, {size})")
+    attrs = _attrs(f, name)
+    metadata = _metadata(f, name)
+    sino = _as_3d(_read(sino_ds, name), "sinogram", name)
+    image = None if image_ds is None else _as_3d(_read(image_ds, name), "image", name)
+    return SinogramFile(sino, geometry, image, metadata, attrs)
 
 
 def _read_lodopab(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
     if preset is None:
         raise InputError(f"{name}: LoDoPaB-style file (dataset 'data') needs a geometry: "
                          "pass the preset 'lodopab' or a geometry JSON")
-    sino = _as_3d(_float_array(f, "data", name, (2, 3)), "data", name)
-    geometry = geometry_from_preset(preset, sino.shape[1], name)
-    _check_shape(sino, geometry, name)
+    ds = _declared(f, "data", name, SINOGRAM, work=8)
+    geometry = geometry_from_preset(preset, ds.shape[-2], name)
+    _check_shape(ds.shape, geometry, name, "data")
+    sino = _as_3d(_read(ds, name), "data", name)
     attrs: dict[str, Any] = {"source": "lodopab"}
     notes = []
     if preset == "lodopab":
@@ -414,9 +547,15 @@ def _read_lodopab(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
 
 
 def _read_dxchange(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
-    ex = f["exchange"]
-    data = _float_array(ex, "data", name, (3,), dtype=np.float64, kinds="fiu")
-    views, rows, cols = data.shape
+    ex = _member(f, "exchange", name)
+    # data, then (data − dark)/(white − dark), clip, log in float64, and the float32 result
+    data_ds = _declared(ex, "data", name, (("views", "slices", "detectors"),), kinds="fiu",
+                        work=8 * 4 + 4)
+    views, rows, cols = data_ds.shape
+    theta_ds = _declared(ex, "theta", name, VIEWS)
+    if theta_ds.shape[0] != views:
+        raise InputError(f"{name}: /exchange/theta has {theta_ds.shape[0]} entries, "
+                         f"/exchange/data {views} projections")
     white = _field_mean(ex, "data_white", rows, cols, name)
     notes: list[str] = []
     if "data_dark" in ex:
@@ -424,28 +563,29 @@ def _read_dxchange(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
     else:
         dark = np.zeros((rows, cols))
         notes.append("no /exchange/data_dark: dark field assumed 0")
-    theta = _float_array(ex, "theta", name, (1,), dtype=np.float64)
-    if len(theta) != views:
-        raise InputError(f"{name}: /exchange/theta has {len(theta)} entries, "
-                         f"/exchange/data {views} projections")
-    angles, note = _theta_to_radians(theta, ex["theta"].attrs.get("units"))
+    theta = _read(theta_ds, name, np.float64)
+    angles, note = _theta_to_radians(theta, _attr(theta_ds, "units", name))
     notes.append(note)
     denom = white - dark
     if (denom <= 0).any():
         raise InputError(f"{name}: flat field is not above the dark field everywhere")
-    transmission = np.clip((data - dark) / denom, TRANSMISSION_FLOOR, None)
-    sino = np.ascontiguousarray((-np.log(transmission)).transpose(1, 0, 2), dtype=np.float32)
     if preset is not None:
         geometry = geometry_from_preset(preset, views, name)
         spec = json.loads(geometry.to_json())
-        geometry = CTGeometry.from_json(json.dumps(spec), angles)
     else:
         spec = {"type": "parallel", "image_size": cols, "pixel_size_mm": 1.0,
                 "det_count": cols, "det_spacing_mm": 1.0, "source_origin_mm": None,
                 "origin_det_mm": None}
-        geometry = CTGeometry.from_json(json.dumps(spec), angles)
         notes.append("no geometry given: parallel beam, 1 mm pixels and detector bins assumed")
-    _check_shape(sino, geometry, name)
+    try:
+        geometry = CTGeometry.from_json(json.dumps(spec), angles)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{name}: invalid geometry ({one_line(exc)})") from exc
+    check_geometry(geometry, name)
+    _check_shape((rows, views, cols), geometry, name)
+    data = _read(data_ds, name, np.float64)
+    transmission = np.clip((data - dark) / denom, TRANSMISSION_FLOOR, None)
+    sino = np.ascontiguousarray((-np.log(transmission)).transpose(1, 0, 2), dtype=np.float32)
     return SinogramFile(sino, geometry, None, {}, {"source": "dxchange"}, layout="dxchange",
                         notes=notes)
 
@@ -466,11 +606,12 @@ def _theta_to_radians(theta: np.ndarray, units: Any) -> tuple[np.ndarray, str]:
 
 def _field_mean(ex: h5py.Group, key: str, rows: int, cols: int, name: str) -> np.ndarray:
     """Mean over the frames of a flat or dark field stored as (frames, rows, cols)."""
-    a = _float_array(ex, key, name, (2, 3), dtype=np.float64, kinds="fiu")
-    if a.shape[-2:] != (rows, cols):
-        raise InputError(f"{name}: /exchange/{key} shape {a.shape} does not match the "
+    ds = _declared(ex, key, name, (("slices", "detectors"), ("frames", "slices", "detectors")),
+                   kinds="fiu", work=8)
+    if tuple(ds.shape[-2:]) != (rows, cols):
+        raise InputError(f"{name}: /exchange/{key} shape {ds.shape} does not match the "
                          f"projections' {rows}×{cols}")
-    return a.reshape(-1, rows, cols).mean(0)
+    return _read(ds, name, np.float64).reshape(-1, rows, cols).mean(0)
 
 
 def _plain(value: Any) -> Any:
@@ -484,12 +625,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _metadata(f: h5py.File) -> dict[str, Any]:
-    group = f.get("metadata")
+#: Root attributes holding physical values, checked by :func:`ctflow.io.limits.check_quantity`.
+PHYSICAL_ATTRS = ("mu_water_per_mm", "noise_std", "noise", "photons")
+
+
+def _metadata(f: h5py.File, name: str) -> dict[str, Any]:
+    if "metadata" not in f or not isinstance(f.get("metadata", getlink=True), h5py.HardLink):
+        return {}
+    group = f["metadata"]
     if not isinstance(group, h5py.Group):
         return {}
-    return {k: _plain(v) for k, v in group.attrs.items()}
+    metadata = _all_attrs(group, name)
+    if "SliceSpacingMM" in metadata:
+        metadata["SliceSpacingMM"] = check_quantity(
+            "slice_spacing_mm", metadata["SliceSpacingMM"], name, "/metadata SliceSpacingMM")
+    return metadata
 
 
-def _attrs(f: h5py.File) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in f.attrs.items() if k not in ("ctflow_format", "geometry")}
+def _attrs(f: h5py.File, name: str) -> dict[str, Any]:
+    attrs = _all_attrs(f, name, skip=("ctflow_format", "geometry"))
+    for key in PHYSICAL_ATTRS:
+        if key in attrs:
+            attrs[key] = check_quantity(key, attrs[key], name, f"attribute {key}")
+    return attrs
