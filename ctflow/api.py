@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from .consistency import screen
 from .errors import InputError, MethodError, PriorError
+from .noise import estimate_noise_std
 from .operators import LinearOperator
 from .priors.base import Prior
 from .solvers import get_solver
@@ -44,13 +46,20 @@ def reconstruct(
     noise_std: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    consistency: str = "auto",
     **options: Any,
 ) -> Reconstruction:
     """Reconstruct images from measurements y ``(B, C, *op.out_shape)``.
 
-    ``noise_std`` is the standard deviation of y's noise (None: treat as noiseless unless
-    the method documents an estimate).  ``nfe`` is the network-evaluation budget of the
-    step-based flow samplers; other options go to the method (see its docstring).
+    ``noise_std`` is the standard deviation of y's noise.  None on CT data with a flow
+    method: estimated from the measurements (``ctflow.noise.estimate_noise_std``; 0 when
+    they look noiseless) and reported in ``info["noise_std_estimated"]`` and
+    ``info["notes"]``; None elsewhere: treated as noiseless.
+    ``nfe`` is the network-evaluation budget of the step-based flow samplers; other options
+    go to the method (see its docstring).
+    ``consistency="auto"`` (CT operators) first leaves out dead or saturated views and
+    detector columns (``ctflow.consistency``; ``info``: ``masked_views``,
+    ``masked_detectors``, ``warnings``); ``"off"`` uses the data as given.
     """
     solve, spec = get_solver(method)
     _check_measurements(y, op)
@@ -71,13 +80,22 @@ def reconstruct(
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
         raise MethodError(f"method {method!r} takes no option(s) {', '.join(unknown)}")
     start = time.perf_counter()
+    y, op, screened = screen(y, op, consistency, method)
+    estimated = None
+    if spec.needs_prior and noise_std is None and getattr(op, "family", None) == "ct":
+        estimated = estimate_noise_std(y, op)
+        noise_std = estimated.sigma or None
     out = solve(y, op, prior=prior_obj, noise_std=noise_std, seed=seed, progress=progress,
                 **options)
     if out.image.is_cuda:  # CUDA runs asynchronously: time the finished work
         torch.cuda.synchronize(out.image.device)
     seconds = time.perf_counter() - start
+    info = {**out.info, **screened}
+    if estimated is not None:
+        info["noise_std_estimated"] = estimated.sigma
+        info["notes"] = [*info.get("notes", []), estimated.describe()]
     return Reconstruction(image=out.image, nfe=out.nfe, seconds=seconds, method=method,
-                          info=out.info)
+                          info=info)
 
 
 def _check_measurements(y: object, op: LinearOperator) -> None:
