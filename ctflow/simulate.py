@@ -6,6 +6,11 @@
               y = −log(counts / I0)  (post-log line integrals; zero counts clamped)
 
 :func:`simulate_volume` applies this slice by slice to an HU volume (μ = μ_water(1 + HU/1000)).
+
+Solvers need the noise std of y (``ctflow.reconstruct(..., noise_std=σ)``): for simulated
+data :func:`noise_std` gives it (``noise_std(op(x), photons=1e5)``; ``ctflow simulate``
+stores it in the file); for measured CT data ``ctflow.reconstruct`` estimates it
+(``ctflow.noise``) when it is not given.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ def poisson_std(clean: torch.Tensor, photons: float) -> float:
 
 def noise_std(clean: torch.Tensor, photons: float | None = None,
               noise: float | None = None) -> float:
-    """The scalar noise std a solver should be told for data simulated with these settings."""
+    """The scalar noise std a solver should be told (``noise_std=``) for data simulated with
+    these settings; ``clean`` is the noiseless sinogram ``op(x)``.  Poisson: √(mean exp(y)/I0)
+    (:func:`poisson_std`); Gaussian: noise · RMS(clean); neither: 0."""
     if photons is not None:
         return poisson_std(clean, photons)
     if noise:

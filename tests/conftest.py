@@ -1,6 +1,10 @@
 """Fixtures shared by several test modules; a module opts in with
 ``pytestmark = pytest.mark.usefixtures("one_thread")`` (or ``"private_cache"``).
 
+Every test session writes its caches (ctflow's system matrices and SVD factors,
+matplotlib's font cache, anything else that follows XDG_CACHE_HOME) to a temporary folder
+of its own, never under the user's home (``isolated_home_caches``, autouse).
+
 Hypothesis runs derandomized: the same examples on every run and machine, so a red test
 is reproducible and CI does not fail at random.  Explore new examples with
 ``CTFLOW_HYPOTHESIS=explore python3 -m pytest`` and pin what they find with ``@example``."""
@@ -15,6 +19,26 @@ settings.register_profile("ctflow", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("explore" if os.environ.get("CTFLOW_HYPOTHESIS") == "explore"
                       else "ctflow")
+
+
+# Environment variables that would otherwise point writes under $HOME.
+CACHE_VARIABLES = ("CTFLOW_CACHE_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home_caches(tmp_path_factory):
+    """Point CTFLOW_CACHE_DIR, MPLCONFIGDIR and XDG_CACHE_HOME at folders of this session's
+    temporary directory (inherited by the CLI subprocesses); restore them afterwards."""
+    old = {name: os.environ.get(name) for name in CACHE_VARIABLES}
+    root = tmp_path_factory.mktemp("session-caches")
+    for name in CACHE_VARIABLES:
+        os.environ[name] = str(root / name.lower())
+    yield root
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

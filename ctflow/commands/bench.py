@@ -16,15 +16,19 @@ example per method) and OUT/machine.json (machine and versions).  An interrupted
 continues with --resume.  Scores are mean ± std over images × seeds; peak MB is the largest
 extra memory one solve needed (resident memory on CPU, allocated memory on CUDA).
 
-example:
-  ctflow bench --tasks ct60,sr4 --methods fbp,tv,conjugate --size 64 --images 8 \\
+examples:
+  ctflow bench --tasks ct60,sr4 --methods tv,conjugate --size 64 --images 8 \\
       --seeds 0 --prior default -o bench_results/
+  ctflow bench --list        (the tasks and methods; fbp applies to the CT tasks only)
 """
+
+
+HELP = "benchmark reconstruction methods on the standard tasks"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "bench", help="benchmark reconstruction methods on the standard tasks",
+        "bench", help=HELP,
         description="Benchmark reconstruction methods on the standard tasks (held-out "
         "phantoms) or on your own data, with PSNR, SSIM, RMSE (HU), time, memory and NFE.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,10 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "repeatable")
     p.add_argument("--data", default=None, metavar="FILE_OR_SERIES",
                    help="your own test set: an HDF5 sinogram file with /image ground truth "
-                   "(its slices and geometry are the problems) or a DICOM series folder "
-                   "(its slices, resized, are the ground truths of the tasks)")
+                   "(its slices and geometry are the problems), a DICOM series folder "
+                   "(its slices, resized, are the ground truths of the tasks), or 'realct': "
+                   "real patients' slices of the licensed pool, split by patient")
     p.add_argument("--split", default="test",
-                   help="phantom split of the test images (default: %(default)s)")
+                   help="split of the test images: phantoms test|val; realct val|ood|train "
+                   "(test = val there) (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
@@ -66,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite the report from the stored results")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, input_args=("data", "prior"))
 
 
 def _names(text: str) -> list[str]:
@@ -141,10 +147,12 @@ def run(args: argparse.Namespace) -> int:
         split=args.split, resume=args.resume, device=args.device, threads=args.threads)
     try:
         summary = run_bench(config, progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from ..cli import exit_code
+
         print(f"ctflow bench: interrupted; the finished solves are kept in {args.out}, "
               "continue them with --resume", file=sys.stderr)
-        return 130
+        return exit_code(exc)  # 130 for Ctrl-C, 143 for SIGTERM
     print(f"{summary['new']} solves run, {summary['skipped']} already stored, "
           f"{summary['failed']} refused by their method; report: {summary['out']}/report.md")
     return 0

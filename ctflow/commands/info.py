@@ -10,16 +10,23 @@ import numpy as np
 
 from ..errors import InputError
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 UNITS = {"pixel_size_mm": "mm", "det_spacing_mm": "mm", "source_origin_mm": "mm",
          "origin_det_mm": "mm", "image_size": "px", "det_count": "bins"}
 
 
+HELP = "describe a sinogram/reconstruction file or a DICOM series"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "info", help="describe a sinogram/reconstruction file or a DICOM series",
+        "info", help=HELP,
         description="Print shapes, geometry, units, value ranges, ground truth and noise model "
-        "of an HDF5 file (ctflow, LoDoPaB-style, DXchange) or of a DICOM CT series folder.")
-    p.add_argument("path", metavar="FILE_OR_FOLDER", help="HDF5 file or DICOM series folder")
+        "of an HDF5 file (ctflow, LoDoPaB-style, DXchange), the shape, type and HU range of a "
+        "NumPy .npy array (as 'ctflow reconstruct -o OUT.npy' writes), or a DICOM CT series "
+        "folder.")
+    p.add_argument("path", metavar="FILE_OR_FOLDER",
+                   help="HDF5 file, NumPy .npy file or DICOM series folder")
     p.add_argument("--preset", default=None,
                    help="geometry for files without one: 'lodopab', a geometry JSON text "
                    "or a .json file")
@@ -33,11 +40,46 @@ def run(args: argparse.Namespace) -> int:
     elif path.is_file():
         if _is_dicom_file(path):
             raise InputError(f"{args.path}: a single DICOM file; pass its series folder")
-        lines = describe_hdf5(args.path, args.preset)
+        if _starts_with(path, NPY_MAGIC):
+            lines = describe_npy(args.path)
+        else:
+            lines = describe_hdf5(args.path, args.preset)
     else:
         raise InputError(f"{args.path}: no such file or folder")
     print("\n".join(lines))
     return 0
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def describe_npy(path: str) -> list[str]:
+    """Shape, dtype and value range of a NumPy array file; 'ctflow reconstruct' writes HU
+    images (slices, H, W) float32.  Read with allow_pickle=False: nothing is unpickled."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable NumPy .npy array ({exc})") from exc
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise InputError(f"{path}: holds {array.dtype} values, not real numbers")
+    layout = {2: " (H, W)", 3: " (slices, H, W)"}.get(array.ndim, "")
+    lines = [f"{path}: NumPy array (.npy)",
+             f"array             {tuple(array.shape)} {array.dtype}{layout}"]
+    finite = np.isfinite(array)
+    if finite.any():
+        lines.append(f"values            {_range(np.asarray(array)[finite], 'HU')} "
+                     "(ctflow reconstruct writes HU)")
+    else:
+        lines.append("values            none finite")
+    bad = int(array.size - np.count_nonzero(finite))
+    if bad:
+        lines.append(f"non-finite        {bad} values (NaN or Inf)")
+    return lines
 
 
 def _is_dicom_file(path: Path) -> bool:

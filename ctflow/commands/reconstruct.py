@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CtflowError, InputError
+from ..errors import CtflowError, InputError, PriorError
 from ..solvers import SOLVERS
 
 FORMATS = {".h5": "h5", ".hdf5": "h5", ".npy": "npy", ".png": "png"}
@@ -27,31 +27,54 @@ Slices are reconstructed one by one (seed SEED+i for slice i).  The sinogram noi
 is taken from the file (attribute noise_std) unless --noise-std is given.  When the file
 holds a ground truth /image, PSNR, SSIM and RMSE (HU) are printed per slice and averaged.
 
-methods:
-""" + "\n".join(f"  {name:<20}{spec.summary}" + ("" if spec.needs_prior else "  [no prior]")
-                for name, spec in SOLVERS.items()) + """
-
 examples:
   ctflow reconstruct sino.h5 --method fbp -o recon.png
   ctflow reconstruct sino.h5 --method conjugate --nfe 5 -o series/ --format dicom
 """
 
 
+class FullHelp(argparse.Action):
+    """``-h/--help``: the usage and options, then the shipped priors and every method's
+    options with their defaults (read only now, so building the parser stays cheap)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .help_catalog import methods_text, priors_text
+
+        parser.epilog = f"{EPILOG}\n{priors_text()}\n{methods_text()}"
+        parser.print_help()
+        parser.exit()
+
+
+HELP = "reconstruct images from a sinogram file"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "reconstruct", help="reconstruct images from a sinogram file",
+        "reconstruct", help=HELP,
         description="Reconstruct the slices of an HDF5 sinogram file (ctflow, LoDoPaB-style "
         "or DXchange) with a classical or flow-prior method.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    p.add_argument("-h", "--help", action=FullHelp,
+                   help="show this help, the shipped priors and each method's options, "
+                   "then exit")
     p.add_argument("input", metavar="SINO.h5", help="HDF5 sinogram file")
     p.add_argument("--method", default="fbp", choices=list(SOLVERS), metavar="METHOD",
-                   help="reconstruction method (default: fbp; list below)")
+                   help="reconstruction method (default: fbp; methods and their options "
+                   "below)")
     p.add_argument("--prior", default="default",
-                   help="prior name or checkpoint path for the flow methods (default: default)")
+                   help="prior name or checkpoint path for the flow methods; its image size "
+                   "must match the sinogram's (default: default; shipped priors below)")
     p.add_argument("--nfe", type=int, default=None,
-                   help="network-evaluation budget of the flow samplers")
+                   help="network-evaluation budget of the flow samplers (default: the "
+                   "method's nfe, listed below)")
     p.add_argument("--iters", type=int, default=None,
-                   help="outer iterations (iterative methods)")
+                   help="outer iterations of the iterative methods (default: the method's "
+                   "iters, listed below)")
     p.add_argument("--seed", type=int, default=0, help="seed of slice 0 (default: 0)")
     p.add_argument("--noise-std", type=float, default=None,
                    help="std of the sinogram noise (default: the file's noise_std)")
@@ -70,17 +93,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output format (default: from OUT's extension)")
     p.add_argument("--reference", metavar="SERIES_DIR", default=None,
                    help="DICOM series whose patient, study and frame of reference the "
-                   "output series takes (--format dicom only)")
+                   "output series takes (--format dicom only); its matrix size, slice "
+                   "count and pixel spacing must match the reconstruction")
     p.add_argument("--window", default="40,400", metavar="C,W",
                    help="display window centre,width in HU for PNG and DICOM "
                    "(default: 40,400, soft tissue)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.set_defaults(func=run)
+    p.add_argument("--consistency", choices=["auto", "off"], default="auto",
+                   help="auto: leave out dead or saturated views and detector columns, with "
+                   "a warning; off: use the sinogram as it is (default: auto)")
+    p.set_defaults(func=run, input_args=("input", "reference", "prior", "preset"))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..io.atomic import check_output
     from ..io.hdf5 import read_sinogram
+    from ..io.limits import check_quantity
 
     fmt = output_format(args.output, args.format)
     window = parse_window(args.window)
@@ -89,15 +117,21 @@ def run(args: argparse.Namespace) -> int:
         options["iters"] = args.iters
     if args.reference is not None and fmt != "dicom":
         raise InputError("--reference applies to --format dicom only")
-    if args.noise_std is not None and not args.noise_std >= 0:
-        raise InputError("--noise-std must be >= 0")
-    check_output(args.output, args.overwrite)
+    if args.noise_std is not None:  # finite and >= 0 (ctflow.io.limits)
+        args.noise_std = check_quantity("noise_std", args.noise_std, "--noise-std", "value")
+    check_output(args.output, args.overwrite, folder=fmt == "dicom")
     reference = None
     if args.reference is not None:
         from ..io.dicom import read_series
 
         reference = read_series(args.reference)
     data = read_sinogram(args.input, preset=args.preset)
+    if reference is not None:  # an unrelated series is refused before any reconstruction
+        from ..io.dicom import check_reference
+
+        size = int(data.geometry.image_size)
+        check_reference(reference, (int(data.sinogram.shape[0]), size, size),
+                        float(data.geometry.pixel_size_mm), args.reference, args.input)
     for note in data.notes:  # e.g. which unit DXchange angles were assumed to be in
         print(f"ctflow reconstruct: note: {args.input}: {note}", file=sys.stderr)
     hu, records = reconstruct_slices(data, args, options)
@@ -168,6 +202,11 @@ def reconstruct_slices(data, args: argparse.Namespace,
     except (ValueError, RuntimeError) as exc:
         raise CtflowError(f"{args.input}: cannot build the projector ({exc})") from exc
     prior = load_prior(args.prior) if spec.needs_prior else None
+    if prior is not None and prior.image_size != data.geometry.image_size:
+        from .help_catalog import size_mismatch_message
+
+        raise PriorError(size_mismatch_message(args.input, args.prior, prior.image_size,
+                                               int(data.geometry.image_size)))
     noise_std = args.noise_std if args.noise_std is not None else data.attrs.get("noise_std")
     mu_water = float(data.attrs.get("mu_water_per_mm", MU_WATER_PER_MM))
     images, records = [], []
@@ -176,7 +215,11 @@ def reconstruct_slices(data, args: argparse.Namespace,
         y = torch.from_numpy(np.ascontiguousarray(data.sinogram[i]))[None, None]
         res = reconstruct(y, op, method=args.method, prior=prior, nfe=args.nfe,
                           noise_std=None if noise_std is None else float(noise_std),
-                          seed=args.seed + i, **options)
+                          seed=args.seed + i, **{"consistency": args.consistency, **options})
+        for warning in res.info.get("warnings", []):  # e.g. dead views left out
+            tqdm.write(f"ctflow: warning: {args.input}: slice {i}: {warning}", file=sys.stderr)
+        for note in res.info.get("notes", []):  # e.g. the noise level estimated from the data
+            tqdm.write(f"ctflow: {args.input}: slice {i}: {note}", file=sys.stderr)
         mu = res.image.detach().cpu().double().numpy()[0, 0]
         images.append(mu_to_hu(mu, mu_water).astype(np.float32))
         records.append({"nfe": int(res.nfe), "seconds": float(res.seconds)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,26 +20,30 @@ SEED … SEED+N−1.  With --from-dicom the image size and pixel size come from 
 (square images only) and its patient/study attributes go to /metadata.
 
 examples:
-  ctflow simulate --phantom chest --size 128 --views 60 --photons 1e5 -o sino.h5
+  ctflow simulate --phantom chest --views 60 --photons 1e5 -o sino.h5
   ctflow simulate --from-dicom series/ --views 60 -o sino.h5
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..phantoms import KINDS
+HELP = "simulate a sinogram file from a phantom or a DICOM series"
+PHANTOM_KINDS = ("chest", "abdomen", "head")
+"""ctflow.phantoms.KINDS, repeated here so the parser is built without importing torch."""
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "simulate", help="simulate a sinogram file from a phantom or a DICOM series",
+        "simulate", help=HELP,
         description="Simulate post-log CT measurements of a procedural phantom or of a DICOM "
         "CT series and write them, with the ground truth, to an HDF5 sinogram file.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--phantom", choices=KINDS, default=None,
+    src.add_argument("--phantom", choices=PHANTOM_KINDS, default=None,
                      help="procedural phantom kind (default: chest)")
     src.add_argument("--from-dicom", metavar="SERIES_DIR", default=None,
                      help="a DICOM CT series folder to use as the ground truth")
     p.add_argument("--size", type=int, default=None,
-                   help="phantom image size in pixels (default: 128)")
+                   help="phantom image size in pixels (default: the image size of the "
+                   "default prior, so 'ctflow reconstruct' works with it as is)")
     p.add_argument("--pixel-size", type=float, default=None, metavar="MM",
                    help="phantom pixel size in mm (default: 1.0; a series uses its own)")
     p.add_argument("--slices", type=int, default=1, help="phantom slices (default: 1)")
@@ -55,9 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="projector backend: auto, matrix, astra-cpu, astra-cuda "
                    "(default: auto)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.h5",
-                   help="output HDF5 sinogram file")
+                   help="output HDF5 sinogram file (.h5 or .hdf5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, input_args=("from_dicom",))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +88,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTPUT_SUFFIXES = (".h5", ".hdf5")
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    suffix = Path(args.output).suffix
+    if suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"{args.output}: simulate writes an HDF5 sinogram file; name the "
+                         f"output .h5 or .hdf5 (got {suffix or 'no extension'!r})")
     checks = [(args.views >= 1, "--views must be >= 1"),
               (args.slices >= 1, "--slices must be >= 1"),
               (args.size is None or args.size >= 4, "--size must be >= 4"),
@@ -93,6 +105,13 @@ def _check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+    from ..io.limits import check_quantity  # finite and physically plausible
+
+    for flag, quantity, value in (("--pixel-size", "pixel_size_mm", args.pixel_size),
+                                  ("--photons", "photons", args.photons),
+                                  ("--noise", "noise", args.noise)):
+        if value is not None:
+            check_quantity(quantity, value, flag, "value")
     if args.from_dicom is not None:
         for flag, value in (("--size", args.size), ("--pixel-size", args.pixel_size)):
             if value is not None:
@@ -103,9 +122,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _from_phantom(args: argparse.Namespace) -> tuple[np.ndarray, float, dict[str, Any], str]:
     from ..phantoms import phantom
+    from .help_catalog import prior_image_size
 
     kind = args.phantom or "chest"
-    size = args.size or 128
+    size = args.size or prior_image_size("default")
     hu = np.stack([phantom(kind, size, args.seed + i) for i in range(args.slices)])
     return hu.astype(np.float32), args.pixel_size or 1.0, {}, f"phantom:{kind}"
 

@@ -1,0 +1,113 @@
+"""What the CLI tells a new user about priors and methods, read cheaply: the shipped priors'
+names and image sizes come from their JSON configs (no weights are loaded), each method's
+options and defaults from its solver's signature.  Called only when a command runs or
+``ctflow reconstruct --help`` is printed, never while the parsers are built."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import textwrap
+from pathlib import Path
+
+from ..errors import CtflowError, PriorError
+
+# Solver parameters every method has; the rest are the method's own options.
+COMMON_PARAMETERS = ("y", "op", "prior", "noise_std", "seed", "progress")
+
+
+def prior_image_size(name_or_path: str = "default") -> int:
+    """The image size a prior was trained for, from its JSON config only."""
+    from ..priors.checkpoint import checkpoint_paths
+    from ..priors.registry import resolve
+
+    config = checkpoint_paths(resolve(name_or_path))[1]
+    try:
+        size = json.loads(config.read_text())["image_size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PriorError(f"{config}: no image_size in the prior's config ({exc})") from exc
+    if not isinstance(size, int) or size < 1:
+        raise PriorError(f"{config}: image_size must be a positive integer, got {size!r}")
+    return size
+
+
+def shipped_priors() -> dict[str, int]:
+    """Every loadable prior name (aliases first, as ``list_priors``) → its image size."""
+    from ..priors.registry import list_priors
+
+    return {name: prior_image_size(name) for name in list_priors()}
+
+
+def priors_for_size(size: int) -> list[str]:
+    """The shipped prior names (not aliases) trained for ``size``² images."""
+    from ..priors.registry import aliases
+
+    alias_names = set(aliases())
+    return [n for n, s in shipped_priors().items() if s == size and n not in alias_names]
+
+
+def size_mismatch_message(source: str, prior: str, prior_size: int, data_size: int) -> str:
+    """The error for a prior whose image size differs from the data's, naming the fix."""
+    fits = priors_for_size(data_size)
+    use = (f"use --prior {fits[0]}" if fits else
+           f"train a prior for them (ctflow train --size {data_size})")
+    return (f"{source}: the images are {data_size}² but the prior {prior!r} is for "
+            f"{prior_size}² images: {use}, or simulate the data with --size {prior_size}")
+
+
+def priors_text() -> str:
+    """The ``priors:`` section of ``ctflow reconstruct --help``."""
+    from ..priors.registry import aliases, priors_dir
+
+    try:
+        table = shipped_priors()
+        alias_table = aliases()
+        folder: Path | str = priors_dir()
+    except PriorError as exc:
+        return f"priors:\n  (the shipped priors cannot be listed: {exc})\n"
+    lines = [_wrap(f"priors (--prior NAME, a checkpoint .json or a training run folder; "
+                   f"shipped in {folder}):")]
+    for name, size in table.items():
+        target = f" (= {alias_table[name]})" if name in alias_table else ""
+        lines.append(f"  {name + target:<28}{size}² images")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, indent: int = 0) -> str:
+    return textwrap.fill(text, width=92, initial_indent=" " * indent,
+                         subsequent_indent=" " * indent)
+
+
+def _default_text(parameter: inspect.Parameter) -> str:
+    if parameter.default is inspect.Parameter.empty:
+        return parameter.name
+    if parameter.default is None:
+        return f"{parameter.name}=auto"
+    return f"{parameter.name}={parameter.default!r}"
+
+
+def method_options(method: str) -> list[str]:
+    """``name=default`` for each option of a method (``auto``: chosen by the method)."""
+    from ..solvers import get_solver
+
+    solve, _ = get_solver(method)
+    return [_default_text(p) for p in inspect.signature(solve).parameters.values()
+            if p.name not in COMMON_PARAMETERS and p.kind is not p.VAR_KEYWORD]
+
+
+def methods_text() -> str:
+    """The ``methods:`` section of ``ctflow reconstruct --help``: summary and options."""
+    from ..solvers import SOLVERS
+
+    lines = [_wrap("methods (--method NAME) and their options (--nfe, --iters or --opt "
+                   "KEY=VALUE) with defaults; auto: chosen by the method, for the flow "
+                   "methods from the prior's tuned presets:")]
+    for name, spec in SOLVERS.items():
+        lines.append(f"  {name:<20}{spec.summary}" + ("" if spec.needs_prior else
+                                                      "  [no prior]"))
+        try:
+            text = ", ".join(method_options(name)) or "(no options)"
+        except (CtflowError, ImportError) as exc:  # help must print: say what is missing
+            text = f"(options unavailable: {exc})"
+        lines.append(_wrap(text, indent=22))
+    return "\n".join(lines) + "\n"
