@@ -15,16 +15,19 @@ tag, or a semantic edit of an attribute / element value through h5py / pydicom).
 run in a pool of forked worker processes; a case that runs longer than ``--timeout`` is a
 hang (its worker is killed and replaced), a worker that dies is a crash.  Outcomes:
 
-  ok         read, and the result is valid (finite data, shapes match the geometry)
+  ok         read, and the result is valid (finite data, shapes match the geometry,
+             every physical value inside its range in ctflow.io.limits)
   clean      a one-line ctflow error (CtflowError)
   traceback  any other exception
   invalid    read without error but the result is not valid
   hang, crash
 
-Prints one table and exits 1 on any traceback, invalid, hang or crash.  Needs os.fork.
-Usage:
+Prints one table (and with --messages how often each clean error came), lists clean errors
+that a catch-all made of an exception raised in ctflow's own code (likely bugs), and exits
+1 on any traceback, invalid, hang or crash.  Needs os.fork.  Usage:
     python scripts/fuzz_readers.py [--cases 1000] [--seed 0] [--readers hdf5,dicom]
-                                   [--jobs 2] [--timeout 30] [--save-failures DIR]
+                                   [--jobs 2] [--timeout 30] [--messages]
+                                   [--save-failures DIR]
 """
 
 from __future__ import annotations
