@@ -35,7 +35,7 @@ with the file name.  Reading is bounded at every step:
   metadata is first walked in a child process with a no-progress timeout
   (:func:`probe_in_child`, :mod:`ctflow.io.probe`): "FILE: corrupt HDF5 file (...)";
 * attributes are read only after their type, element count and storage size were checked
-  with the low-level API (:func:`_attr`, at most ``MAX_ATTR_BYTES``);
+  with the low-level API (:func:`read_attr`, at most ``MAX_ATTR_BYTES``);
 * datasets are read only after their dtype, rank, declared shape (per-axis limits of
   :mod:`ctflow.io.limits`), storage (the data must be in this file — not behind soft or
   external links, not in external raw files or virtual datasets — inside it, and
@@ -66,12 +66,11 @@ import numpy as np
 from ..errors import InputError
 from ..operators import CTGeometry
 from .atomic import atomic_file, one_line
-from .limits import AXIS_LIMITS, check_angles, check_memory, check_quantity, check_shape
-from .probe import MAX_ATTR_BYTES, run_in_child, walk_hdf5
+from .hdf5_bounds import all_attrs, declared_dataset, member, plain, read_attr, read_data
+from .limits import AXIS_LIMITS, check_angles, check_quantity
+from .probe import run_in_child, walk_hdf5
 
 FORMAT_VERSION = 1
-MAX_ELEMENTS = 2**31  # refuse datasets larger than this (corrupt headers claim huge sizes)
-MAX_ATTRS = 4096  # refuse objects with more attributes than this
 #: What the readers open by name; the probe opens them too (name lookups and iteration take
 #: different code paths in the HDF5 library).
 READER_PATHS = ("sinogram", "angles", "image", "metadata", "data", "exchange",
@@ -222,16 +221,16 @@ def read_reconstruction(path: str | os.PathLike[str]) -> ReconstructionFile:
     """Read a file written by :func:`write_reconstruction`."""
     name = str(path)
     with _open(path) as f:
-        if _layout(f, name) != "ctflow-v1" or _attr(f, "content", name) != "reconstruction":
+        if _layout(f, name) != "ctflow-v1" or read_attr(f, "content", name) != "reconstruction":
             raise InputError(f"{name}: not a ctflow reconstruction file")
-        angles = _read(_declared(f, "angles", name, VIEWS), name, np.float64)
+        angles = read_data(declared_dataset(f, "angles", name, VIEWS), name, np.float64)
         geometry = _geometry(f, name, angles)
         size = geometry.image_size
-        ds = _declared(f, "image", name, IMAGE)
+        ds = declared_dataset(f, "image", name, IMAGE)
         if tuple(ds.shape[-2:]) != (size, size):
             raise InputError(f"{name}: /image shape {ds.shape} does not match the geometry "
                              f"image size {size}")
-        image = _as_3d(_read(ds, name), "image", name)
+        image = _as_3d(read_data(ds, name), "image", name)
         return ReconstructionFile(image, geometry, _metadata(f, name), _attrs(f, name))
 
 
@@ -240,7 +239,7 @@ def file_kind(path: str | os.PathLike[str]) -> str:
     name = str(path)
     with _open(path) as f:
         layout = _layout(f, name)
-        if layout == "ctflow-v1" and _attr(f, "content", name) == "reconstruction":
+        if layout == "ctflow-v1" and read_attr(f, "content", name) == "reconstruction":
             return "reconstruction"
         return "sinogram" if layout == "ctflow-v1" else layout
 
@@ -327,13 +326,13 @@ def _read_everything(path: Path) -> None:
 
 def _layout(f: h5py.File, name: str) -> str:
     if "ctflow_format" in f.attrs:
-        version = _attr(f, "ctflow_format", name)
+        version = read_attr(f, "ctflow_format", name)
         if not np.isscalar(version) or isinstance(version, (str, bytes)) \
                 or not float(version) == FORMAT_VERSION:
-            raise InputError(f"{name}: unsupported ctflow_format {_plain(version)!r} "
+            raise InputError(f"{name}: unsupported ctflow_format {plain(version)!r} "
                              f"(this version reads {FORMAT_VERSION})")
         return "ctflow-v1"
-    if "exchange" in f and isinstance(_member(f, "exchange", name), h5py.Group) \
+    if "exchange" in f and isinstance(member(f, "exchange", name), h5py.Group) \
             and "data" in f["exchange"]:
         return "dxchange"
     if "data" in f:
@@ -343,116 +342,6 @@ def _layout(f: h5py.File, name: str) -> str:
     raise InputError(f"{name}: no /sinogram dataset (not a ctflow, LoDoPaB or DXchange file)")
 
 
-# ----------------------------------------------------------------- bounded low-level access
-def _attr(obj: h5py.HLObject, key: str | bytes, name: str, default: Any = None) -> Any:
-    """Attribute ``key`` of ``obj`` (``default`` when absent), read only after its type,
-    element count and storage size were checked with the low-level API.
-
-    Variable-length strings live in the file's global heap, whose objects the library
-    bounds by the file size; their length is checked once read.
-    """
-    if key not in obj.attrs:
-        return default
-    label = f"attribute {key!r} of {obj.name}"
-    aid = h5py.h5a.open(obj.id, key if isinstance(key, bytes) else key.encode())
-    dtype = aid.dtype
-    vlen = dtype.kind == "O" and h5py.check_string_dtype(dtype) is not None
-    if not (dtype.kind in "biufS" or vlen):
-        raise InputError(f"{name}: {label} has unsupported type {dtype}")
-    count = aid.get_space().get_simple_extent_npoints()
-    nbytes = max(aid.get_storage_size(), count * dtype.itemsize)
-    if nbytes > MAX_ATTR_BYTES:
-        raise InputError(f"{name}: {label} is implausibly large ({nbytes} bytes)")
-    value = obj.attrs[key]
-    if vlen:
-        nbytes = sum(len(v) for v in np.ravel(np.asarray(value, dtype=object)))
-        if nbytes > MAX_ATTR_BYTES:
-            raise InputError(f"{name}: {label} is implausibly large ({nbytes} bytes)")
-    return value
-
-
-def _all_attrs(obj: h5py.HLObject, name: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every attribute of ``obj`` (bounded reads) as plain Python values."""
-    count = h5py.h5o.get_info(obj.id).num_attrs
-    if count > MAX_ATTRS:
-        raise InputError(f"{name}: {obj.name} has {count} attributes (at most {MAX_ATTRS} "
-                         "are read)")
-    return {_plain(k): _plain(_attr(obj, k, name)) for k in obj.attrs.keys() if k not in skip}
-
-
-def _member(f: h5py.Group, key: str, name: str) -> h5py.HLObject:
-    """``f[key]`` if it is a hard link: soft and external links (which may point into
-    other files) are refused."""
-    if key not in f:
-        raise InputError(f"{name}: missing dataset {f.name.rstrip('/')}/{key}")
-    link = f.get(key, getlink=True)
-    if not isinstance(link, h5py.HardLink):
-        kind = {h5py.SoftLink: "soft link", h5py.ExternalLink: "link to another file"}.get(
-            type(link), "link of an unknown kind")
-        raise InputError(f"{name}: {f.name.rstrip('/')}/{key} is a {kind}; only objects "
-                         "stored in this file are read")
-    return f[key]
-
-
-def _declared(f: h5py.Group, key: str, name: str, axes: tuple[tuple[str, ...], ...],
-              kinds: str = "f", work: int = 4) -> h5py.Dataset:
-    """Dataset ``key`` after every check that needs no data: a real-number dtype, a rank in
-    ``axes`` (one tuple of axis names per allowed rank), each axis within its limit, data
-    in this file that is actually stored, and a read (file dtype plus ``work`` bytes per
-    element) within the memory budget."""
-    ds = _member(f, key, name)
-    label = f"{f.name.rstrip('/')}/{key}"
-    if not isinstance(ds, h5py.Dataset):
-        raise InputError(f"{name}: {label} is not a dataset")
-    if ds.dtype.kind not in kinds or ds.dtype.itemsize > 8:
-        raise InputError(f"{name}: {label} has dtype {ds.dtype}, expected real numbers")
-    names = {len(a): a for a in axes}
-    if ds.shape is None or ds.ndim not in names:
-        ranks = " or ".join(f"{len(a)}-D" for a in axes)
-        raise InputError(f"{name}: {label} has shape {ds.shape}, expected {ranks}")
-    check_shape(ds.shape, names[ds.ndim], label, name)
-    count = math.prod(ds.shape)
-    if count > MAX_ELEMENTS:
-        raise InputError(f"{name}: {label} declares {count} values (at most {MAX_ELEMENTS})")
-    _check_storage(ds, count * ds.dtype.itemsize, label, name)
-    check_memory(count * (ds.dtype.itemsize + work), label, name)
-    return ds
-
-
-def _check_storage(ds: h5py.Dataset, nbytes: int, label: str, name: str) -> None:
-    """The data are in this file, inside it, and completely stored."""
-    plist = ds.id.get_create_plist()
-    layout = plist.get_layout()
-    if layout == h5py.h5d.VIRTUAL or plist.get_external_count() > 0:
-        raise InputError(f"{name}: {label} keeps its data in other files; only data "
-                         "stored in this file are read")
-    file_size = os.path.getsize(ds.file.filename)
-    stored = ds.id.get_storage_size()
-    offset = ds.id.get_offset() if layout == h5py.h5d.CONTIGUOUS else None
-    if stored == 0 or (layout == h5py.h5d.CONTIGUOUS and offset is None):
-        raise InputError(f"{name}: {label} declares shape {ds.shape} but stores no data")
-    if offset is not None and offset + nbytes > file_size:
-        raise InputError(f"{name}: {label} declares {nbytes} bytes of data beyond the end of "
-                         f"the file ({file_size} bytes)")
-    if stored > file_size:
-        raise InputError(f"{name}: {label} claims {stored} bytes of storage in a file of "
-                         f"{file_size} bytes")
-    if layout == h5py.h5d.CHUNKED:  # chunks never written would read as fill values
-        chunks = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True))
-        written = ds.id.get_num_chunks()
-        if written < chunks:
-            raise InputError(f"{name}: {label} declares shape {ds.shape} but stores only "
-                             f"{written} of its {chunks} chunks")
-
-
-def _read(ds: h5py.Dataset, name: str, dtype: type = np.float32) -> np.ndarray:
-    """The data of a dataset checked by :func:`_declared`, all finite."""
-    a = np.asarray(ds[()], dtype=dtype)
-    if not np.isfinite(a).all():
-        raise InputError(f"{name}: {ds.name} contains NaN or Inf")
-    return a
-
-
 # ---------------------------------------------------------------------------- the layouts
 VIEWS = (("views",),)
 SINOGRAM = (("views", "detectors"), ("slices", "views", "detectors"))
@@ -460,7 +349,7 @@ IMAGE = (("image_size", "image_size"), ("slices", "image_size", "image_size"))
 
 
 def _geometry(f: h5py.File, name: str, angles: np.ndarray) -> CTGeometry:
-    text = _attr(f, "geometry", name)
+    text = read_attr(f, "geometry", name)
     if text is None:
         raise InputError(f"{name}: missing root attribute 'geometry'")
     if isinstance(text, bytes):
@@ -503,28 +392,28 @@ def _check_shape(shape: tuple[int, ...], geometry: CTGeometry, name: str,
 
 
 def _read_v1(f: h5py.File, name: str) -> SinogramFile:
-    if _attr(f, "content", name) == "reconstruction":
+    if read_attr(f, "content", name) == "reconstruction":
         raise InputError(f"{name}: is a ctflow reconstruction file, not a sinogram")
-    sino_ds = _declared(f, "sinogram", name, SINOGRAM)
-    angles_ds = _declared(f, "angles", name, VIEWS)
+    sino_ds = declared_dataset(f, "sinogram", name, SINOGRAM)
+    angles_ds = declared_dataset(f, "angles", name, VIEWS)
     if angles_ds.shape[0] != sino_ds.shape[-2]:
         raise InputError(f"{name}: /angles has {angles_ds.shape[0]} entries, the sinogram "
                          f"{sino_ds.shape[-2]} views")
-    geometry = _geometry(f, name, _read(angles_ds, name, np.float64))
+    geometry = _geometry(f, name, read_data(angles_ds, name, np.float64))
     _check_shape(sino_ds.shape, geometry, name)
     slices = 1 if sino_ds.ndim == 2 else sino_ds.shape[0]
     size = int(geometry.image_size)
     image_ds = None
     if "image" in f:
-        image_ds = _declared(f, "image", name, IMAGE)
+        image_ds = declared_dataset(f, "image", name, IMAGE)
         shape = (1, *image_ds.shape) if image_ds.ndim == 2 else tuple(image_ds.shape)
         if shape != (slices, size, size):
             raise InputError(f"{name}: /image shape {shape} does not match "
                              f"({slices}, {size}, {size})")
     attrs = _attrs(f, name)
     metadata = _metadata(f, name)
-    sino = _as_3d(_read(sino_ds, name), "sinogram", name)
-    image = None if image_ds is None else _as_3d(_read(image_ds, name), "image", name)
+    sino = _as_3d(read_data(sino_ds, name), "sinogram", name)
+    image = None if image_ds is None else _as_3d(read_data(image_ds, name), "image", name)
     return SinogramFile(sino, geometry, image, metadata, attrs)
 
 
@@ -532,10 +421,10 @@ def _read_lodopab(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
     if preset is None:
         raise InputError(f"{name}: LoDoPaB-style file (dataset 'data') needs a geometry: "
                          "pass the preset 'lodopab' or a geometry JSON")
-    ds = _declared(f, "data", name, SINOGRAM, work=8)
+    ds = declared_dataset(f, "data", name, SINOGRAM, work=8)
     geometry = geometry_from_preset(preset, ds.shape[-2], name)
     _check_shape(ds.shape, geometry, name, "data")
-    sino = _as_3d(_read(ds, name), "data", name)
+    sino = _as_3d(read_data(ds, name), "data", name)
     attrs: dict[str, Any] = {"source": "lodopab"}
     notes = []
     if preset == "lodopab":
@@ -547,12 +436,12 @@ def _read_lodopab(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
 
 
 def _read_dxchange(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
-    ex = _member(f, "exchange", name)
+    ex = member(f, "exchange", name)
     # data, then (data − dark)/(white − dark), clip, log in float64, and the float32 result
-    data_ds = _declared(ex, "data", name, (("views", "slices", "detectors"),), kinds="fiu",
+    data_ds = declared_dataset(ex, "data", name, (("views", "slices", "detectors"),), kinds="fiu",
                         work=8 * 4 + 4)
     views, rows, cols = data_ds.shape
-    theta_ds = _declared(ex, "theta", name, VIEWS)
+    theta_ds = declared_dataset(ex, "theta", name, VIEWS)
     if theta_ds.shape[0] != views:
         raise InputError(f"{name}: /exchange/theta has {theta_ds.shape[0]} entries, "
                          f"/exchange/data {views} projections")
@@ -563,8 +452,8 @@ def _read_dxchange(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
     else:
         dark = np.zeros((rows, cols))
         notes.append("no /exchange/data_dark: dark field assumed 0")
-    theta = _read(theta_ds, name, np.float64)
-    angles, note = _theta_to_radians(theta, _attr(theta_ds, "units", name))
+    theta = read_data(theta_ds, name, np.float64)
+    angles, note = _theta_to_radians(theta, read_attr(theta_ds, "units", name))
     notes.append(note)
     denom = white - dark
     if (denom <= 0).any():
@@ -583,7 +472,7 @@ def _read_dxchange(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
         raise InputError(f"{name}: invalid geometry ({one_line(exc)})") from exc
     check_geometry(geometry, name)
     _check_shape((rows, views, cols), geometry, name)
-    data = _read(data_ds, name, np.float64)
+    data = read_data(data_ds, name, np.float64)
     transmission = np.clip((data - dark) / denom, TRANSMISSION_FLOOR, None)
     sino = np.ascontiguousarray((-np.log(transmission)).transpose(1, 0, 2), dtype=np.float32)
     return SinogramFile(sino, geometry, None, {}, {"source": "dxchange"}, layout="dxchange",
@@ -606,23 +495,13 @@ def _theta_to_radians(theta: np.ndarray, units: Any) -> tuple[np.ndarray, str]:
 
 def _field_mean(ex: h5py.Group, key: str, rows: int, cols: int, name: str) -> np.ndarray:
     """Mean over the frames of a flat or dark field stored as (frames, rows, cols)."""
-    ds = _declared(ex, key, name, (("slices", "detectors"), ("frames", "slices", "detectors")),
-                   kinds="fiu", work=8)
+    ds = declared_dataset(ex, key, name,
+                          (("slices", "detectors"), ("frames", "slices", "detectors")),
+                          kinds="fiu", work=8)
     if tuple(ds.shape[-2:]) != (rows, cols):
         raise InputError(f"{name}: /exchange/{key} shape {ds.shape} does not match the "
                          f"projections' {rows}×{cols}")
-    return _read(ds, name, np.float64).reshape(-1, rows, cols).mean(0)
-
-
-def _plain(value: Any) -> Any:
-    """HDF5 attribute value → plain Python (str, int, float, bool or list)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return read_data(ds, name, np.float64).reshape(-1, rows, cols).mean(0)
 
 
 #: Root attributes holding physical values, checked by :func:`ctflow.io.limits.check_quantity`.
@@ -635,7 +514,7 @@ def _metadata(f: h5py.File, name: str) -> dict[str, Any]:
     group = f["metadata"]
     if not isinstance(group, h5py.Group):
         return {}
-    metadata = _all_attrs(group, name)
+    metadata = all_attrs(group, name)
     if "SliceSpacingMM" in metadata:
         metadata["SliceSpacingMM"] = check_quantity(
             "slice_spacing_mm", metadata["SliceSpacingMM"], name, "/metadata SliceSpacingMM")
@@ -643,7 +522,7 @@ def _metadata(f: h5py.File, name: str) -> dict[str, Any]:
 
 
 def _attrs(f: h5py.File, name: str) -> dict[str, Any]:
-    attrs = _all_attrs(f, name, skip=("ctflow_format", "geometry"))
+    attrs = all_attrs(f, name, skip=("ctflow_format", "geometry"))
     for key in PHYSICAL_ATTRS:
         if key in attrs:
             attrs[key] = check_quantity(key, attrs[key], name, f"attribute {key}")
