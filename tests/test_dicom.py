@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from _dicom_edit import retag
 from pydicom.data import get_testdata_file
 
 from ctflow.errors import InputError, OutputError
@@ -120,28 +121,17 @@ def test_clipping_to_int16_warns(tmp_path):
     assert read_series(tmp_path / "s").hu.max() == 32767.0
 
 
-def _retag(folder: Path, **changes) -> None:
-    for f in folder.glob("*.dcm"):  # not the .ctflow-series marker
-        ds = pydicom.dcmread(f)
-        for key, value in changes.items():
-            if value is None:
-                delattr(ds, key)
-            else:
-                setattr(ds, key, value)
-        ds.save_as(f)
-
-
 @pytest.mark.parametrize("modality", ["MR", "SEG"])
 def test_non_ct_refused(tmp_path, modality):
     write_series(tmp_path / "s", volume(3, (1, 8, 8)), 1.0, 1.0, "fbp", 10)
-    _retag(tmp_path / "s", Modality=modality)
+    retag(tmp_path / "s", Modality=modality)
     with pytest.raises(InputError, match=f"modality {modality} is not CT"):
         read_series(tmp_path / "s")
 
 
 def test_no_pixel_data_refused(tmp_path):
     write_series(tmp_path / "s", volume(3, (1, 8, 8)), 1.0, 1.0, "fbp", 10)
-    _retag(tmp_path / "s", PixelData=None)
+    retag(tmp_path / "s", PixelData=None)
     with pytest.raises(InputError, match="without pixel data"):
         read_series(tmp_path / "s")
 

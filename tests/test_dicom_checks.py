@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from _dciodvfy import dciodvfy_findings, requires_dciodvfy
+from _dicom_edit import retag
 from pydicom.data import get_testdata_file
 
 import ctflow.commands.reconstruct as reconstruct_command
@@ -31,16 +32,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
 def one_slice(folder: Path, slices: int = 1, **changes) -> Path:
     """A small written series with ``changes`` applied to every file (None deletes)."""
-    files = dicom.write_series(folder, np.full((slices, 8, 8), 40.0), 0.8, 2.0, "fbp", 10)
-    for f in files:
-        ds = pydicom.dcmread(f)
-        for key, value in changes.items():
-            if value is None:
-                delattr(ds, key)
-            else:
-                setattr(ds, key, value)
-        ds.save_as(f)
-    return folder
+    dicom.write_series(folder, np.full((slices, 8, 8), 40.0), 0.8, 2.0, "fbp", 10)
+    return retag(folder, **changes)
 
 
 # ------------------------------------------------------------------------ rescale on reading
