@@ -7,6 +7,7 @@ runs and fails in :func:`dciodvfy_findings` instead of passing unvalidated."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,9 @@ import pytest
 
 REQUIRE_ENV = "CTFLOW_REQUIRE_DCIODVFY"
 INSTALL_HINT = "dciodvfy (dicom3tools) is not installed; apt-get install dicom3tools"
+#: A finding: "Error - …" / "Warning - …" at the start of a line, or after the attribute
+#: dciodvfy names first, e.g. "(0x0043,0x106d) US Area Size  - Warning - …".
+FINDING = re.compile(r"(^|\s)(Error|Warning) - ")
 
 
 def dciodvfy_required() -> bool:
@@ -28,11 +32,11 @@ requires_dciodvfy = pytest.mark.skipif(
 
 
 def dciodvfy_findings(path: Path) -> list[str]:
-    """Every "Error" and "Warning" line dciodvfy reports for one file (empty: valid)."""
+    """Every error and warning line dciodvfy reports for one file (empty: valid), wherever
+    on the line dciodvfy puts "Error - " or "Warning - "."""
     exe = shutil.which("dciodvfy")
     if exe is None:
         pytest.fail(f"{INSTALL_HINT}, and {REQUIRE_ENV}=1 requires it")
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     lines = (out.stderr + out.stdout).splitlines()
-    return [f"{Path(path).name}: {line}" for line in lines
-            if line.startswith(("Error", "Warning"))]
+    return [f"{Path(path).name}: {line}" for line in lines if FINDING.search(line)]

@@ -22,6 +22,7 @@ import ctflow.commands.reconstruct as reconstruct_command
 import ctflow.io.dicom as dicom
 from ctflow.cli import main
 from ctflow.errors import InputError
+from ctflow.realct import realct_dir
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 TESTS = Path(__file__).parent
@@ -227,6 +228,55 @@ def test_written_series_have_no_dciodvfy_findings(tmp_path):
     written += dicom.write_series(tmp_path / "c", ref.hu, 0.5, 5.0, "fbp", 60, reference=right)
     assert [line for f in written for line in dciodvfy_findings(f)] == []
     assert pydicom.dcmread(written[-1]).ImageLaterality == "R"
+
+
+@requires_dciodvfy
+def test_findings_counted_wherever_dciodvfy_puts_them(tmp_path):
+    """dciodvfy reports a value-representation mismatch after the attribute's name
+    ("(0x0043,0x106d) US Area Size  - Warning - …"): such lines count too."""
+    path = dicom.write_series(tmp_path / "s", np.zeros((1, 8, 8)), 1.0, 1.0, "fbp", 10)[0]
+    assert dciodvfy_findings(path) == []
+    ds = pydicom.dcmread(path)
+    ds.add_new((0x0043, 0x0010), "LO", "GEMS_PARM_01")  # GE private block
+    ds.add_new((0x0043, 0x106D), "DS", "1")  # GE's dictionary says US
+    ds.save_as(path)
+    findings = dciodvfy_findings(path)
+    assert len(findings) == 1 and "Area Size  - Warning - " in findings[0]
+
+
+REALCT = realct_dir()
+
+
+@requires_dciodvfy
+@pytest.mark.parametrize("name", ["totalsegmentator-j2k", "ge-head-tilt"])
+def test_series_derived_from_real_scanner_series_have_no_findings(tmp_path, name):
+    """A derived series with a real scanner series as reference (JPEG 2000 Siemens; GE
+    with an 18.5° gantry tilt): zero dciodvfy errors and warnings, DERIVED\\SECONDARY,
+    a new series in the reference's study, the caller's description and number, and the
+    reference's (tilted) slice planes."""
+    if not (REALCT / name).is_dir():
+        pytest.skip(f"real-CT folder absent ({REALCT / name})")
+    ref = dicom.read_series(REALCT / name)
+    description = "ctflow conjugate nfe=5 w=8\\lam=0.5 " + "x" * 80
+    files = dicom.write_series(tmp_path / "out", ref.hu[:2] + 1.0, ref.spacing[1],
+                               ref.spacing[0], "conjugate", 60,
+                               reference=dataclasses.replace(ref, hu=ref.hu[:2],
+                                                             positions=ref.positions[:2]),
+                               series_description=description, series_number=77)
+    assert [line for f in files for line in dciodvfy_findings(f)] == []
+    out = pydicom.dcmread(files[0])
+    src = pydicom.dcmread(ref.files[0], stop_before_pixels=True)
+    assert list(out.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert out.SeriesInstanceUID != src.get("SeriesInstanceUID", "")
+    if src.get("StudyInstanceUID"):
+        assert out.StudyInstanceUID == src.StudyInstanceUID
+    assert out.SeriesDescription == ("ctflow conjugate nfe=5 w=8/lam=0.5 " + "x" * 80)[:64]
+    assert out.SeriesNumber == 77
+    back = dicom.read_series(tmp_path / "out")
+    assert np.allclose(back.orientation, ref.orientation)
+    assert np.allclose(back.positions, ref.positions[:2], atol=1e-5)
+    assert back.obliquity_deg == pytest.approx(ref.obliquity_deg, abs=1e-3)
+    assert np.abs(back.hu - (ref.hu[:2] + 1.0)).max() <= 0.5 + 1e-4
 
 
 # ------------------------------------------------------ dciodvfy absent: skip, or fail in CI

@@ -23,10 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "info", help=HELP,
         description="Print shapes, geometry, units, value ranges, ground truth and noise model "
         "of an HDF5 file (ctflow, LoDoPaB-style, DXchange), the shape, type and HU range of a "
-        "NumPy .npy array (as 'ctflow reconstruct -o OUT.npy' writes), or a DICOM CT series "
-        "folder.")
+        "NumPy .npy array (as 'ctflow reconstruct -o OUT.npy' writes), or a DICOM folder: "
+        "every series in it (UID, description, modality, slices, size, kernel, transfer "
+        "syntax, gantry tilt), then the details of the only one or of the one --series "
+        "names (HU range, spacing and its variation, orientation, tilt, padding, notes).")
     p.add_argument("path", metavar="FILE_OR_FOLDER",
                    help="HDF5 file, NumPy .npy file or DICOM series folder")
+    p.add_argument("--series", default=None, metavar="UID_OR_DESCRIPTION",
+                   help="DICOM folder with several series: describe this one in detail "
+                   "(its SeriesInstanceUID, or its SeriesDescription, case-insensitive, "
+                   "exact or a unique part); every series is listed either way")
     p.add_argument("--preset", default=None,
                    help="geometry for files without one: 'lodopab', a geometry JSON text "
                    "or a .json file")
@@ -35,8 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if args.series is not None and not path.is_dir():
+        raise InputError(f"{args.path}: --series applies to a DICOM folder")
     if path.is_dir():
-        lines = describe_series(args.path)
+        lines = describe_series(args.path, args.series)
     elif path.is_file():
         if _is_dicom_file(path):
             raise InputError(f"{args.path}: a single DICOM file; pass its series folder")
@@ -147,22 +155,49 @@ def _metadata(metadata: dict) -> list[str]:
     return ["metadata:"] + [f"  {k:<26}{v}" for k, v in metadata.items()]
 
 
-def describe_series(folder: str) -> list[str]:
-    from ..io.dicom import read_series
+def describe_series(folder: str, series: str | None = None) -> list[str]:
+    """Every series of the folder (one line each), then the details of one: the only
+    series, or the one ``series`` names (UID or description)."""
+    from ..io.dicom import list_series, read_series, select_series
 
-    vol = read_series(folder)
+    infos = list_series(folder)
+    lines = [f"{folder}: {len(infos)} DICOM series"]
+    lines += [f"  [{k}] {_series_line(info)}" for k, info in enumerate(infos, 1)]
+    if len(infos) > 1 and series is None:
+        lines.append("details: choose one with --series UID_OR_DESCRIPTION")
+        return lines
+    chosen = select_series(folder, infos, series)
+    vol = read_series(folder, chosen.uid)
+    return lines + _volume_lines(folder, vol)
+
+
+def _series_line(info) -> str:
+    """UID, description, modality, slices, size, kernel, transfer syntax, tilt."""
+    return (f"{info.uid or '(no UID)'}  '{info.description}'  {info.modality}  "
+            f"{len(info.files)} slice(s)  {info.size}  kernel {info.kernel or '-'}  "
+            f"{info.transfer_syntax}  tilt {info.tilt_deg:.4g}°")
+
+
+def _volume_lines(folder: str, vol) -> list[str]:
     dz, dy, dx = vol.spacing
+    lo, hi = vol.slice_spacing_range
     lines = [f"{folder}: DICOM CT series, {len(vol.files)} file(s)",
              f"series uid        {vol.series_uid}",
              f"description       {vol.series_description}",
              f"volume            {vol.hu.shape} (slices, rows, columns), "
              f"{_range(vol.hu, 'HU')}",
              f"spacing           {dz:.4g} × {dy:.4g} × {dx:.4g} mm (slice, row, column)",
+             f"slice steps       {lo:.4g} … {hi:.4g} mm (along the slice normal)",
              f"orientation       {' '.join(f'{v:.4g}' for v in vol.orientation)}",
+             f"gantry tilt       {vol.tilt_deg:.4g}° (slice normal {vol.obliquity_deg:.4g}° "
+             "from the patient axis)",
              f"first position    {' '.join(f'{v:.4g}' for v in vol.positions[0])} mm",
+             f"kernel            {vol.kernel or '-'}",
+             f"transfer syntax   {vol.transfer_syntax}",
              f"padding pixels    "
              f"{0 if vol.padding_mask is None else int(vol.padding_mask.sum())}"]
     for key in ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID"):
         if key in vol.reference:
             lines.append(f"{key:<19} {vol.reference[key]}")
+    lines += [f"note              {n}" for n in vol.notes]
     return lines

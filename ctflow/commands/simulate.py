@@ -17,7 +17,8 @@ The ground truth goes to /image (HU), the noise model to the root attributes noi
 photons / noise, noise_std (the std of the sinogram noise, which 'ctflow reconstruct'
 passes to the solver) and seed.  With --slices N the phantom slices use seeds
 SEED … SEED+N−1.  With --from-dicom the image size and pixel size come from the series
-(square images only) and its patient/study attributes go to /metadata.
+(square images only) and its patient/study attributes go to /metadata; --series picks
+one series of a folder that holds several (by UID or description).
 
 examples:
   ctflow simulate --phantom chest --views 60 --photons 1e5 -o sino.h5
@@ -40,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--phantom", choices=PHANTOM_KINDS, default=None,
                      help="procedural phantom kind (default: chest)")
     src.add_argument("--from-dicom", metavar="SERIES_DIR", default=None,
-                     help="a DICOM CT series folder to use as the ground truth")
+                     help="a DICOM CT series folder to use as the ground truth (any transfer "
+                     "syntax pydicom's plugins decode; tilted slices are used as they are)")
+    p.add_argument("--series", default=None, metavar="UID_OR_DESCRIPTION",
+                   help="with --from-dicom, when the folder holds several series: the one "
+                   "to use, by SeriesInstanceUID or SeriesDescription (case-insensitive, "
+                   "exact or a unique part); 'ctflow info FOLDER' lists them")
     p.add_argument("--size", type=int, default=None,
                    help="phantom image size in pixels (default: the image size of the "
                    "default prior, so 'ctflow reconstruct' works with it as is)")
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     out = check_output(args.output, args.overwrite)
     if args.from_dicom is not None:
-        hu, pixel_mm, metadata, source = _from_dicom(args.from_dicom)
+        hu, pixel_mm, metadata, source = _from_dicom(args.from_dicom, args.series)
     else:
         hu, pixel_mm, metadata, source = _from_phantom(args)
     op = _operator(args, hu.shape[-1], pixel_mm)
@@ -112,6 +118,8 @@ def _check_args(args: argparse.Namespace) -> None:
                                   ("--noise", "noise", args.noise)):
         if value is not None:
             check_quantity(quantity, value, flag, "value")
+    if args.series is not None and args.from_dicom is None:
+        raise InputError("--series applies to --from-dicom only")
     if args.from_dicom is not None:
         for flag, value in (("--size", args.size), ("--pixel-size", args.pixel_size)):
             if value is not None:
@@ -130,10 +138,11 @@ def _from_phantom(args: argparse.Namespace) -> tuple[np.ndarray, float, dict[str
     return hu.astype(np.float32), args.pixel_size or 1.0, {}, f"phantom:{kind}"
 
 
-def _from_dicom(folder: str) -> tuple[np.ndarray, float, dict[str, Any], str]:
+def _from_dicom(folder: str, series: str | None = None
+                ) -> tuple[np.ndarray, float, dict[str, Any], str]:
     from ..io.dicom import read_series
 
-    vol = read_series(folder)
+    vol = read_series(folder, series)
     slices, rows, cols = vol.hu.shape
     dz, dy, dx = vol.spacing
     if rows != cols:
@@ -147,7 +156,10 @@ def _from_dicom(folder: str) -> tuple[np.ndarray, float, dict[str, Any], str]:
                     SourceSeriesDescription=vol.series_description,
                     SliceSpacingMM=float(dz),
                     ImageOrientationPatient=[float(v) for v in vol.orientation],
-                    ImagePositionPatient=[float(v) for v in vol.positions[0]])
+                    ImagePositionPatient=[float(v) for v in vol.positions[0]],
+                    GantryDetectorTilt=float(vol.tilt_deg))
+    for note in vol.notes:  # e.g. tilted slices, padding set to air
+        print(f"ctflow simulate: note: {folder}: {note}", file=sys.stderr)
     return vol.hu, float(dx), metadata, "dicom"
 
 
