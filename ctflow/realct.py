@@ -25,6 +25,7 @@ import numpy as np
 from .errors import InputError
 
 POOL_FILE = "pool_256.h5"
+POOL_WIDTH = 256  # pool slices are POOL_WIDTH² over the whole field of view
 SPLITS = ("train", "val", "ood", "all")
 VALIDATION_PATIENTS = frozenset({"Lung_Dx-A0002", "A046441", "A072894"})
 OOD_BODY_PARTS = frozenset({"HEAD"})

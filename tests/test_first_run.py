@@ -192,15 +192,28 @@ def test_simulate_default_size_is_the_default_priors(tmp_path, capsys):
 
 
 def test_prior_size_mismatch_names_the_fix(tmp_path, capsys):
-    sino, out = tmp_path / "s128.h5", tmp_path / "r.npy"
-    code, _, err = run_cli(["simulate", "--size", "128", "--views", "8", "-o", str(sino)],
+    sino, out = tmp_path / "s100.h5", tmp_path / "r.npy"
+    code, _, err = run_cli(["simulate", "--size", "100", "--views", "8", "-o", str(sino)],
                            capsys)
     assert code == 0, err
     code, _, err = run_cli(["reconstruct", str(sino), "--method", "conjugate", "-o",
                             str(out)], capsys)
     assert code == 2 and not out.exists()
     assert len(err.strip().splitlines()) == 1
-    assert "--prior phantom-128" in err and "--size 64" in err and str(sino) in err
+    assert "multiples of 8" in err and "--size 64" in err and str(sino) in err
+
+
+def test_default_prior_serves_128(tmp_path, capsys):
+    """The real-anatomy default prior is size-agnostic: 128² data reconstruct with it."""
+    sino, out = tmp_path / "s128.h5", tmp_path / "r.npy"
+    code, _, err = run_cli(["simulate", "--size", "128", "--views", "8", "-o", str(sino)],
+                           capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["reconstruct", str(sino), "--method", "conjugate", "-o",
+                            str(out)], capsys)
+    assert code == 0, err
+    image = np.load(out)
+    assert image.shape[-2:] == (128, 128) and np.isfinite(image).all()
 
 
 @pytest.mark.parametrize("name", ["x.png", "x.npy", "x"])

@@ -248,3 +248,34 @@ def test_shipped_default_prior_loads_and_denoises():
     lin = m + 0.5 * s2 / (0.25 * s2 + 0.25) * (xt - 0.5 * m)
     mse_lin = float((lin - test).square().mean())
     assert mse_prior < mse_lin / 2
+
+
+def test_image_sizes_from_config():
+    from ctflow.errors import PriorError
+    from ctflow.priors.sizes import ImageSizes
+
+    fixed = ImageSizes.from_config({"image_size": 64})
+    assert fixed.supports(64) and not fixed.supports(128)
+    free = ImageSizes.from_config({"image_size": 64,
+                                   "sizes": {"min": 64, "max": 512, "multiple_of": 8}})
+    assert [free.supports(n) for n in (64, 128, 256, 512, 100, 56, 520)] == \
+        [True, True, True, True, False, False, False]
+    for bad in ({"min": 128, "max": 512, "multiple_of": 8},   # excludes image_size
+                {"min": 64, "max": 500, "multiple_of": 8},    # max not a multiple
+                {"min": 64, "max": 512},                      # missing key
+                {"min": 64, "max": 512, "multiple_of": True},
+                [64, 512]):
+        with pytest.raises(PriorError, match="sizes"):
+            ImageSizes.from_config({"image_size": 64, "sizes": bad}, "x.json")
+
+
+def test_default_prior_is_size_agnostic():
+    """The shipped real-anatomy prior serves 64²–512² with one network; its velocity at
+    128² is finite and it samples at a size other than the trained one."""
+    prior = ctflow.load_prior("default")
+    assert prior.image_size == 64 and prior.supports_size(128) and prior.supports_size(256)
+    assert not ctflow.load_prior("phantom-64").supports_size(128)
+    x = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    v = prior.velocity(x, 0.5)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    assert prior.sample(1, nfe=2, seed=0, size=96).shape == (1, 1, 96, 96)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import ctflow
 from ctflow import realct
 
 pytestmark = pytest.mark.skipif(not (realct.realct_dir() / realct.POOL_FILE).is_file(),
@@ -57,8 +58,13 @@ def test_trainer_reads_the_training_patients_only(tmp_path):
 
     result = train(dict(out_dir=str(tmp_path / "run"), image_size=16, net="tiny",
                         source="realct", pool_size=8, val_size=4, steps=2, batch_size=2,
-                        threads=1, log_every=1, ckpt_every=2, progress=False))
+                        threads=1, log_every=1, ckpt_every=2, progress=False, min_crop=32))
     assert result["history"][-1]["val_loss"] > 0
-    data = json.loads((tmp_path / "run" / "ema.json").read_text())["training"]["data"]
+    config = json.loads((tmp_path / "run" / "ema.json").read_text())
+    data = config["training"]["data"]
     assert data["source"] == "realct" and "CC BY 4.0" in data["attribution"]
     assert not set(data["patients"]) & realct.VALIDATION_PATIENTS
+    # crops of 32..256 pool pixels shown at 16²: whole slices at 16²..128² (tiny net: ×2)
+    assert config["sizes"] == {"min": 16, "max": 128, "multiple_of": 2}
+    prior = ctflow.load_prior(str(tmp_path / "run"))
+    assert prior.supports_size(64) and not prior.supports_size(136)

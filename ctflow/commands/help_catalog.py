@@ -11,48 +11,54 @@ import textwrap
 from pathlib import Path
 
 from ..errors import CtflowError, PriorError
+from ..priors.sizes import ImageSizes
 
 # Solver parameters every method has; the rest are the method's own options.
 COMMON_PARAMETERS = ("y", "op", "prior", "noise_std", "seed", "progress")
 
 
-def prior_image_size(name_or_path: str = "default") -> int:
-    """The image size a prior was trained for, from its JSON config only."""
+def prior_sizes(name_or_path: str = "default") -> ImageSizes:
+    """The image sizes a prior serves, from its JSON config only (no weights loaded)."""
     from ..priors.checkpoint import checkpoint_paths
     from ..priors.registry import resolve
 
     config = checkpoint_paths(resolve(name_or_path))[1]
     try:
-        size = json.loads(config.read_text())["image_size"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PriorError(f"{config}: no image_size in the prior's config ({exc})") from exc
-    if not isinstance(size, int) or size < 1:
-        raise PriorError(f"{config}: image_size must be a positive integer, got {size!r}")
-    return size
+        table = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise PriorError(f"{config}: unreadable prior config ({exc})") from exc
+    if not isinstance(table, dict):
+        raise PriorError(f"{config}: prior config must be a JSON object")
+    return ImageSizes.from_config(table, config)
 
 
-def shipped_priors() -> dict[str, int]:
-    """Every loadable prior name (aliases first, as ``list_priors``) → its image size."""
+def prior_image_size(name_or_path: str = "default") -> int:
+    """The image size a prior was trained at, from its JSON config only."""
+    return prior_sizes(name_or_path).native
+
+
+def shipped_priors() -> dict[str, ImageSizes]:
+    """Every loadable prior name (aliases first, as ``list_priors``) → the sizes it serves."""
     from ..priors.registry import list_priors
 
-    return {name: prior_image_size(name) for name in list_priors()}
+    return {name: prior_sizes(name) for name in list_priors()}
 
 
 def priors_for_size(size: int) -> list[str]:
-    """The shipped prior names (not aliases) trained for ``size``² images."""
+    """The shipped prior names (not aliases) that serve ``size``² images."""
     from ..priors.registry import aliases
 
     alias_names = set(aliases())
-    return [n for n, s in shipped_priors().items() if s == size and n not in alias_names]
+    return [n for n, s in shipped_priors().items() if s.supports(size) and n not in alias_names]
 
 
-def size_mismatch_message(source: str, prior: str, prior_size: int, data_size: int) -> str:
-    """The error for a prior whose image size differs from the data's, naming the fix."""
+def size_mismatch_message(source: str, prior: str, sizes: ImageSizes, data_size: int) -> str:
+    """The error for a prior that does not serve the data's image size, naming the fix."""
     fits = priors_for_size(data_size)
     use = (f"use --prior {fits[0]}" if fits else
            f"train a prior for them (ctflow train --size {data_size})")
-    return (f"{source}: the images are {data_size}² but the prior {prior!r} is for "
-            f"{prior_size}² images: {use}, or simulate the data with --size {prior_size}")
+    return (f"{source}: the images are {data_size}² but the prior {prior!r} serves "
+            f"{sizes.describe()}: {use}, or simulate the data with --size {sizes.native}")
 
 
 def priors_text() -> str:
@@ -67,9 +73,9 @@ def priors_text() -> str:
         return f"priors:\n  (the shipped priors cannot be listed: {exc})\n"
     lines = [_wrap(f"priors (--prior NAME, a checkpoint .json or a training run folder; "
                    f"shipped in {folder}):")]
-    for name, size in table.items():
+    for name, sizes in table.items():
         target = f" (= {alias_table[name]})" if name in alias_table else ""
-        lines.append(f"  {name + target:<28}{size}² images")
+        lines.append(f"  {name + target:<28}{sizes.describe()}")
     return "\n".join(lines) + "\n"
 
 

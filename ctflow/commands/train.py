@@ -55,6 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=int, default=d.val_size,
                    help=f"held-out phantoms or held-out patients' crops for the validation "
                    f"loss (default: {d.val_size})")
+    p.add_argument("--min-crop", type=int, default=d.min_crop,
+                   help="realct: smallest crop side in pool pixels (the pool is 256² over the "
+                   "field of view); crops from it to the whole slice let the network serve "
+                   "sizes up to 256·SIZE/MIN_CROP, recorded in the prior's config "
+                   f"(default: {d.min_crop})")
     p.add_argument("--init", dest="init_from", default=None, metavar="PRIOR",
                    help="start from this trained prior's weights (name or path; same --net "
                    "and --size), e.g. to fine-tune the phantom prior on real scans "
@@ -174,6 +179,7 @@ def validate(args: argparse.Namespace) -> None:
               (args.batch_size >= 1, "--batch-size must be >= 1"),
               (args.source != "phantoms" or args.pool_size >= 1, "--pool must be >= 1"),
               (args.val_size >= 0, "--val-size must be >= 0"),
+              (8 <= args.min_crop <= 256, "--min-crop must be in [8, 256]"),
               (args.lr > 0, "--lr must be > 0"),
               (args.warmup >= 0, "--warmup must be >= 0"),
               (args.weight_decay >= 0, "--weight-decay must be >= 0"),

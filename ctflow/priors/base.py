@@ -21,12 +21,15 @@ from collections.abc import Callable
 import torch
 
 from .presets import Presets
+from .sizes import ImageSizes
 
 
 class Prior:
     """Base class: subclasses implement ``_velocity(x, t)`` on model-space tensors."""
 
-    image_size: int
+    image_size: int  # the size it was trained at
+    # Every size it serves (None: image_size only); see ``sizes``.
+    image_sizes: ImageSizes | None = None
     scale: float = 1.0  # x_model = scale * mu + offset
     offset: float = 0.0
     name: str = "(unnamed)"
@@ -35,6 +38,13 @@ class Prior:
 
     def __init__(self) -> None:
         self.nfe = 0
+
+    def sizes(self) -> ImageSizes:
+        """The square image sizes this prior serves."""
+        return self.image_sizes or ImageSizes.fixed(self.image_size)
+
+    def supports_size(self, size: int) -> bool:
+        return self.sizes().supports(int(size))
 
     # -- to implement --------------------------------------------------------------------
     def _velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -126,10 +136,13 @@ class Prior:
         return t.expand(x.shape[0]) if t.ndim == 0 else t.reshape(x.shape[0])
 
     @torch.no_grad()
-    def sample(self, n: int, nfe: int = 50, seed: int = 0) -> torch.Tensor:
-        """Unconditional samples by Euler on dx/dt = v from t = 0 to 1, in model space."""
+    def sample(self, n: int, nfe: int = 50, seed: int = 0, size: int | None = None
+               ) -> torch.Tensor:
+        """Unconditional size² samples (default: the trained size) by Euler on dx/dt = v
+        from t = 0 to 1, in model space."""
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 1, self.image_size, self.image_size, generator=gen)
+        size = self.image_size if size is None else int(size)
+        x = torch.randn(n, 1, size, size, generator=gen)
         x = x.to(self.device, self.dtype)
         dt = 1.0 / nfe
         for i in range(nfe):

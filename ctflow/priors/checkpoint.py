@@ -31,6 +31,7 @@ from ..errors import PriorError
 from ..io.atomic import atomic_file
 from .flow import FlowPrior
 from .presets import load_presets, presets_path
+from .sizes import ImageSizes
 
 FORMAT = "ctflow-prior"
 VERSION = 1
@@ -91,6 +92,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise PriorError(f"{config_path}: prior config lacks {', '.join(missing)}")
     if config["format"] != FORMAT or config["version"] != VERSION:
         raise PriorError(f"{config_path}: not a {FORMAT} v{VERSION} config")
+    ImageSizes.from_config(config, config_path)  # validates image_size and "sizes"
     return config
 
 

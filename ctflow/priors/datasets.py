@@ -145,23 +145,25 @@ SOURCES = ("phantoms", "dicom", "hdf5", "realct")
 
 
 def realct_pool(size: int, length: int, split: str = "train", path: str | None = None,
-                seed: int = 0) -> torch.Tensor:
-    """``length`` augmented crops (ctflow.realct.training_patches) of the real-CT slices of
-    ``split`` (patients of the training split only, for training), in model space."""
+                seed: int = 0, min_crop: int = 64) -> torch.Tensor:
+    """``length`` augmented crops (ctflow.realct.training_patches, sides from ``min_crop``
+    pool pixels to the whole slice) of the real-CT slices of ``split`` (patients of the
+    training split only, for training), in model space."""
     from ..realct import pool_slices, training_patches
 
     slices = pool_slices(split, path)
-    return hu_to_model(training_patches(slices, size, length, seed=seed))[:, None]
+    patches = training_patches(slices, size, length, seed=seed, min_crop=min_crop)
+    return hu_to_model(patches)[:, None]
 
 
 def load_pool(source: str, size: int, length: int = 0, path: str | None = None,
               progress: bool = False, cache: str | os.PathLike | None = None,
-              seed: int = 0) -> torch.Tensor:
-    """The training pool of ``source`` ∈ SOURCES."""
+              seed: int = 0, min_crop: int = 64) -> torch.Tensor:
+    """The training pool of ``source`` ∈ SOURCES (``min_crop``: realct only)."""
     if source == "realct":
         if length <= 0:
             raise InputError("the realct source needs a positive pool size")
-        return realct_pool(size, length, "train", path, seed)
+        return realct_pool(size, length, "train", path, seed, min_crop)
     if source == "phantoms":
         if length <= 0:
             raise InputError("the phantom source needs a positive pool size")

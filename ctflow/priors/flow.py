@@ -17,6 +17,7 @@ import torch
 
 from ..units import MU_WATER_PER_MM
 from .base import Prior
+from .sizes import ImageSizes
 from .unet import build_unet, velocity_net_forward
 
 
@@ -42,6 +43,9 @@ class FlowPrior(Prior):
         self.scale = float(1.0 / mu_water if scale is None else scale)
         self.offset = float(offset)
         self.config: dict[str, Any] = dict(config or {})
+        if "sizes" in self.config:
+            self.image_sizes = ImageSizes.from_config({**self.config,
+                                                       "image_size": self.image_size})
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FlowPrior:

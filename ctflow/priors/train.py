@@ -56,6 +56,7 @@ class TrainConfig:
     data_path: str | None = None
     pool_size: int = 10000  # phantoms and realct (augmented crops)
     val_size: int = 64  # phantoms and realct: held-out "val" split for the validation loss
+    min_crop: int = 64  # realct: smallest crop side, in pool pixels (sets the largest size served)
     init_from: str | None = None  # a prior (name or path) whose weights start the run
     steps: int = 10000
     batch_size: int = 32  # per process
@@ -199,16 +200,18 @@ def prior_config(cfg: TrainConfig, unet: dict[str, Any], info: dict[str, Any]) -
         data.update(split="train", pool_size=cfg.pool_size,
                     patients=sorted({s.patient for s in pool_slices("train", cfg.data_path)}),
                     held_out_patients=sorted(VALIDATION_PATIENTS),
-                    augmentation="multi-scale square crops (64 px to the full slice), "
-                                 "left-right flips, intensity scale 1 ± 0.03",
+                    augmentation=f"multi-scale square crops ({cfg.min_crop} px to the full "
+                                 f"slice), left-right flips, intensity scale 1 ± 0.03",
                     attribution=ATTRIBUTION)
     else:
         data["path_name"] = Path(cfg.data_path or "").name
     import diffusers
 
+    sizes = {"sizes": realct_sizes(cfg, unet)} if cfg.source == "realct" else {}
     return {
         "name": cfg.name,
         "image_size": cfg.image_size,
+        **sizes,
         "unet": unet,
         "normalisation": {"scale": 1.0 / MU_WATER_PER_MM, "offset": -1.0,
                           "mu_water": MU_WATER_PER_MM, "model_space": "HU/1000",
@@ -225,6 +228,20 @@ def prior_config(cfg: TrainConfig, unet: dict[str, Any], info: dict[str, Any]) -
             "diffusers": diffusers.__version__, **info,
         },
     }
+
+
+def realct_sizes(cfg: TrainConfig, unet: dict[str, Any]) -> dict[str, int]:
+    """The sizes a prior trained on multi-scale real-CT crops serves: a crop of c pool
+    pixels (pool slices are POOL_WIDTH² over the whole field of view) shown at image_size²
+    has the pixel scale of a whole slice at POOL_WIDTH·image_size/c, so crops from
+    ``min_crop`` to the whole slice cover sizes image_size … POOL_WIDTH·image_size/min_crop
+    (multiples of the network's down-sampling factor)."""
+    from ..realct import POOL_WIDTH
+
+    step = 2 ** (len(unet["block_out_channels"]) - 1)
+    largest = POOL_WIDTH * cfg.image_size // max(1, min(cfg.min_crop, POOL_WIDTH))
+    largest = max(cfg.image_size, largest // step * step)
+    return {"min": cfg.image_size, "max": int(largest), "multiple_of": int(step)}
 
 
 class _StopFlag:
@@ -288,7 +305,8 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     cache = run_dir / f"pool_{cfg.image_size}_{cfg.pool_size}.npy"
     if rank == 0 or cfg.source != "phantoms":
         pool = load_pool(cfg.source, cfg.image_size, cfg.pool_size, cfg.data_path,
-                         progress=cfg.progress and rank == 0, cache=cache)
+                         progress=cfg.progress and rank == 0, cache=cache,
+                         min_crop=cfg.min_crop)
     _barrier(world)
     if rank != 0 and cfg.source == "phantoms":
         pool = load_pool(cfg.source, cfg.image_size, cfg.pool_size, cache=cache)
@@ -296,7 +314,8 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     if cfg.source == "phantoms" and cfg.val_size > 0 and rank == 0:
         val = phantom_pool(cfg.image_size, cfg.val_size, "val")
     if cfg.source == "realct" and cfg.val_size > 0 and rank == 0:  # held-out patients
-        val = realct_pool(cfg.image_size, cfg.val_size, "val", cfg.data_path, seed=1)
+        val = realct_pool(cfg.image_size, cfg.val_size, "val", cfg.data_path, seed=1,
+                          min_crop=cfg.min_crop)
 
     model: torch.nn.Module = net
     if world > 1:
