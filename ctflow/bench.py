@@ -8,7 +8,8 @@ flushed as soon as it is done, so an interrupted run continues where it stopped.
 :func:`write_report` turns the records into ``report.md`` (one table per task), one CSV and
 one figure per task, next to ``machine.json`` (the machine and library versions).  The
 results folder and the report live in :mod:`ctflow.bench_report`, the machine record and the
-memory measurement in :mod:`ctflow.machine`; their public names are re-exported here.
+memory measurement in :mod:`ctflow.machine`, the configuration and its checks in
+:mod:`ctflow.bench_config`; their public names are re-exported here.
 
 Protocol details, fixed so that every method sees identical data:
 
@@ -27,19 +28,26 @@ Protocol details, fixed so that every method sees identical data:
 
 from __future__ import annotations
 
-import inspect
 import json
-import os
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .bench_config import (
+    FORMAT_VERSION,
+    BenchConfig,
+    RunSettings,
+    check_compatible,
+    check_config,
+    merge_config,
+    method_accepts,
+    prior_label,
+)
 from .bench_report import (
     CONFIG,
     EXAMPLES,
@@ -60,148 +68,16 @@ from .bench_sources import (
     make_source,
     square_resize,
 )
-from .errors import CtflowError, InputError, MethodError, OutputError, PriorError
+from .errors import CtflowError, OutputError, PriorError
 from .io.atomic import atomic_file, one_line
 from .machine import MB as MB
 from .machine import PeakMemory, machine_info
 from .metrics import evaluate
 from .operators import GeometryError, LinearOperator, OperatorInputError
 from .priors.base import Prior
-from .solvers import SOLVERS, get_solver
+from .solvers import SOLVERS
 from .tasks import Problem
 from .units import mu_to_hu
-
-FORMAT_VERSION = 1
-
-
-@dataclass
-class BenchConfig:
-    """What to benchmark and where to store it.
-
-    ``tasks``: task names (None: ``tasks.SOLVER_BENCH_TASKS``; with an HDF5 ``data`` file the
-    file is the only task).  ``size``: image size or sizes.  ``images``: held-out images per
-    task (with ``data``: at most this many slices).  ``prior``: a prior name (``{size}`` in it
-    is replaced by the image size) or a :class:`~ctflow.priors.base.Prior` object, used by
-    the methods that need one.  ``options``: per-method keyword overrides, e.g.
-    ``{"conjugate": {"w": 8}}``.  ``data``: None (procedural phantoms of ``split``), a DICOM
-    series folder, an HDF5 sinogram file, or ``"realct"`` (or the path of ``pool_256.h5``):
-    real patients' slices of ``split`` (val | ood | train; see ctflow.realct).  ``resume``:
-    continue the results already in ``out`` (otherwise an ``out`` holding results is refused).
-    """
-
-    tasks: Sequence[str] | None = None
-    methods: Sequence[str] = ("fbp", "cgls", "tv")
-    size: int | Sequence[int] = 64
-    images: int = 8
-    seeds: Sequence[int] = (0,)
-    prior: str | Prior = "default"
-    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    out: str | os.PathLike[str] = "bench_results"
-    data: str | os.PathLike[str] | None = None
-    split: str = "test"
-    resume: bool = False
-    device: str = "cpu"
-    threads: int | None = None
-
-
-# ----------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------
-
-
-def _as_list(value: Any, what: str) -> list:
-    if isinstance(value, (str, int)):
-        value = [value]
-    try:
-        items = list(value)
-    except TypeError:
-        raise InputError(f"{what} must be a list, got {value!r}") from None
-    if not items:
-        raise InputError(f"give at least one {what.rstrip('s')}")
-    return list(dict.fromkeys(items))  # unique, in order
-
-
-def _int_list(value: Any, what: str, minimum: int) -> list[int]:
-    out = []
-    for v in _as_list(value, what):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-            raise InputError(f"{what} must be integers >= {minimum}, got {v!r}")
-        out.append(int(v))
-    return out
-
-
-def _prior_label(prior: str | Prior) -> str:
-    if isinstance(prior, Prior):
-        return f"object:{type(prior).__name__}({prior.image_size})"
-    return str(prior)
-
-
-def _method_options(config: BenchConfig, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Validated per-method options: only benchmarked methods, only accepted names."""
-    options: dict[str, dict[str, Any]] = {}
-    for method, opts in dict(config.options or {}).items():
-        if method not in methods:
-            raise MethodError(f"options given for {method!r}, which is not benchmarked")
-        options[method] = dict(opts)
-    for method in methods:
-        solve, _ = get_solver(method)
-        params = inspect.signature(solve).parameters
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        bad = [k for k in options.get(method, {}) if k not in params and not takes_any]
-        if bad:
-            raise MethodError(f"method {method!r} takes no option(s) {', '.join(bad)}")
-    return options
-
-
-def method_accepts(method: str, name: str) -> bool:
-    """Whether the solver function of ``method`` has a parameter called ``name``."""
-    solve, _ = get_solver(method)
-    return name in inspect.signature(solve).parameters
-
-
-def _check_out_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder")
-    parent = out.parent
-    if not out.exists() and not parent.is_dir():
-        raise OutputError(f"{out}: its folder {parent} does not exist")
-    target = out if out.exists() else parent
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: folder is read-only")
-
-
-def _check_compatible(out: Path, old: dict[str, Any], new: dict[str, Any],
-                      store: ResultStore) -> None:
-    """Refuse to mix records made under different settings in one results file."""
-    for key in ("format", "data", "device"):
-        if old.get(key) != new.get(key):
-            raise InputError(f"{out}: holds results made with {key} = {old.get(key)!r}, this "
-                             f"run asks for {new.get(key)!r}; use another output folder")
-    done = {r["method"] for r in store.records.values()}
-    for method in (m for m in new["methods"] if m in done):
-        before, now = old.get("options", {}).get(method, {}), new["options"].get(method, {})
-        if before != now:
-            raise InputError(f"{out}: holds {method} results made with options {before}, this "
-                             f"run asks for {now}; use another output folder")
-        if SOLVERS[method].needs_prior:
-            if old.get("prior") not in (None, new["prior"]):
-                raise InputError(f"{out}: holds {method} results made with prior "
-                                 f"{old['prior']!r}, this run asks for {new['prior']!r}; "
-                                 "use another output folder")
-
-
-def _merge_config(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(new)
-    if not old:
-        return merged
-    for key in ("tasks", "methods", "sizes", "seeds"):  # the latest command's order first
-        merged[key] = list(dict.fromkeys(list(new[key]) + list(old.get(key, []))))
-    merged["images"] = max(int(old.get("images", 0)), int(new["images"]))
-    merged["options"] = {**old.get("options", {}), **new["options"]}
-    merged["descriptions"] = {**old.get("descriptions", {}), **new["descriptions"]}
-    if not any(SOLVERS[m].needs_prior for m in new["methods"]):
-        merged["prior"] = old.get("prior", new["prior"])
-    return merged
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -238,9 +114,9 @@ class _Priors:
                 raise PriorError(f"cannot load prior {name!r}: prior loading is not "
                                  f"available in this build ({exc.name})") from exc
             self._cache[size] = obj
-        if obj.image_size != size:
-            raise PriorError(f"prior {_prior_label(self.prior)!r} is for {obj.image_size}² "
-                             f"images, the benchmark runs at {size}²")
+        if not obj.supports_size(size):
+            raise PriorError(f"prior {prior_label(self.prior)!r} serves "
+                             f"{obj.sizes().describe()}, the benchmark runs at {size}²")
         return obj
 
 
@@ -249,61 +125,28 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     ``out``, ``new`` (solves run now), ``skipped`` (already stored), ``failed`` (solves a
     method refused, recorded with their message) and ``tables`` (see :func:`write_report`).
     """
-    from tqdm.auto import tqdm
-
-    methods = [str(m) for m in _as_list(config.methods, "methods")]
-    for method in methods:
-        get_solver(method)  # MethodError if unknown or not built
-    sizes = _int_list(config.size, "sizes", 8)
-    seeds = _int_list(config.seeds, "seeds", 0)
-    if isinstance(config.images, bool) or not isinstance(config.images, int) \
-            or config.images < 1:
-        raise InputError(f"images must be a positive integer, got {config.images!r}")
-    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
-        raise InputError(f"threads must be a positive integer, got {config.threads!r}")
-    if not isinstance(config.prior, (str, Prior)):
-        raise PriorError(f"prior must be a name or a Prior, got {type(config.prior).__name__}")
-    try:
-        device = torch.device(config.device)
-    except RuntimeError:
-        raise InputError(f"unknown device {config.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' asked for, but no CUDA GPU is available")
-    options = _method_options(config, methods)
-    tasks_arg = None if config.tasks is None else [str(t) for t in
-                                                   _as_list(config.tasks, "tasks")]
-    out = Path(config.out)
-    _check_out_folder(out)
-
-    source = make_source(config, sizes)
+    run = check_config(config)
+    out = run.out
+    source = make_source(config, run.sizes)
     sizes = source.sizes
-    tasks = source.tasks(tasks_arg)
+    tasks = source.tasks(run.tasks)
     new_cfg = {
-        "format": FORMAT_VERSION, "tasks": [t.name for t in tasks], "methods": methods,
-        "sizes": sizes, "images": config.images, "seeds": seeds,
-        "prior": _prior_label(config.prior), "options": options,
-        "data": source.fingerprint(), "device": device.type,
+        "format": FORMAT_VERSION, "tasks": [t.name for t in tasks], "methods": run.methods,
+        "sizes": sizes, "images": config.images, "seeds": run.seeds,
+        "prior": prior_label(config.prior), "options": run.options,
+        "data": source.fingerprint(), "device": run.device.type,
         "descriptions": {t.name: t.description for t in tasks},
     }
-    priors = _Priors(config.prior, device)
-    if any(SOLVERS[m].needs_prior for m in methods):
+    priors = _Priors(config.prior, run.device)
+    if any(SOLVERS[m].needs_prior for m in run.methods):
         for size in sizes:
             priors.get(size)  # a missing or mismatched prior stops the run before any write
-    out.mkdir(exist_ok=True)
-    store = ResultStore(out / RESULTS)
-    old_cfg: dict[str, Any] = {}
-    if store.records:
-        if not config.resume:
-            raise OutputError(f"{out}: already holds benchmark results; resume them "
-                              "(--resume) or choose another output folder")
-        old_cfg = read_json(out / CONFIG)
-        _check_compatible(out, old_cfg, new_cfg, store)
-    _write_json(out / CONFIG, _merge_config(old_cfg, new_cfg))
+    store = _open_store(out, config.resume, new_cfg)
 
     plan = [(task, size, image, seed, method)
             for task in tasks for size in sizes
-            for image in range(source.image_count(size)) for seed in seeds
-            for method in methods]
+            for image in range(source.image_count(size)) for seed in run.seeds
+            for method in run.methods]
     pending = [(t, size, image, seed, method) for t, size, image, seed, method in plan
                if result_key(t.name, size, method, image, seed) not in store]
     skipped = len(plan) - len(pending)
@@ -312,13 +155,42 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     machine = machine_info()
     _record_machine(out, machine, len(pending))
+    failed = _solve_pending(pending, source, run, priors, store, progress)
+    tables = write_report(out)
+    return {"out": str(out), "new": len(pending), "skipped": skipped, "failed": failed,
+            "tables": tables}
 
+
+def _open_store(out: Path, resume: bool, new_cfg: dict[str, Any]) -> ResultStore:
+    """The results store of ``out`` (created); stored results are continued only with
+    ``resume`` and settings compatible with theirs.  Writes the merged configuration."""
+    out.mkdir(exist_ok=True)
+    store = ResultStore(out / RESULTS)
+    old_cfg: dict[str, Any] = {}
+    if store.records:
+        if not resume:
+            raise OutputError(f"{out}: already holds benchmark results; resume them "
+                              "(--resume) or choose another output folder")
+        old_cfg = read_json(out / CONFIG)
+        check_compatible(out, old_cfg, new_cfg, store)
+    _write_json(out / CONFIG, merge_config(old_cfg, new_cfg))
+    return store
+
+
+def _solve_pending(pending: list[tuple], source: Any, run: RunSettings, priors: _Priors,
+                   store: ResultStore, progress: bool) -> int:
+    """Solve and store every pending (task, size, image, seed, method), one problem per
+    (task, size, image, seed); the first image's ground truth and reconstructions are kept
+    as examples.  Returns how many solves a method refused."""
+    from tqdm.auto import tqdm
+
+    out, device = run.out, run.device
     failed = 0
     bar = tqdm(total=len(pending), disable=not progress, unit="solve", desc="bench")
     try:
         for (task, size, image, seed), group in _grouped(pending):
             problem = source.problem(task.name, size, image, seed)
-            first = image == 0 and seed == seeds[0]
+            first = image == 0 and seed == run.seeds[0]
             if first:
                 _save_array(out / EXAMPLES / f"{task.name}_{size}" / "ground_truth.npy",
                             problem.gt_hu)
@@ -329,16 +201,14 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                     pass  # the solve that needs it records the error
             for method in group:
                 bar.set_description(f"{task.name} {size}² {method}")
-                record = _solve_one(problem, task, size, image, seed, method, options, priors,
-                                    device, out / EXAMPLES if first else None)
+                record = _solve_one(problem, task, size, image, seed, method, run.options,
+                                    priors, device, out / EXAMPLES if first else None)
                 failed += "error" in record
                 store.append(record)
                 bar.update(1)
     finally:
         bar.close()
-    tables = write_report(out)
-    return {"out": str(out), "new": len(pending), "skipped": skipped, "failed": failed,
-            "tables": tables}
+    return failed
 
 
 def _grouped(pending: list[tuple]) -> Iterator[tuple[tuple, list[str]]]:

@@ -42,6 +42,9 @@ geometry and device type in a process.
 
 Projector models: parallel beam ``linear`` (Joseph), fan beam ``line_fanflat``.  Line
 integrals are in world units (mm), so with μ in 1/mm the sinogram is unitless.
+
+This module holds the backend choice and the ``matrix`` backend; the per-call ASTRA
+backends are in :mod:`ctflow.operators.astra_direct` (their names are re-exported here).
 """
 
 from __future__ import annotations
@@ -54,28 +57,31 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .cache import csr_problem, load_or_build
+from .astra_direct import (  # noqa: F401  (re-exported: the backends' public names)
+    CUDA_BATCH_SLICES,
+    PROJECTOR,
+    AstraCPUBackend,
+    AstraCudaBackend,
+    ProjectionBackend,
+    astra_version,
+    create_projector,
+    cuda_available,
+)
+from .cache import load_or_build
+from .cache_entries import csr_problem
 from .errors import BackendUnavailableError, OperatorInputError
 from .geometry import CTGeometry
 
 BACKENDS = ("auto", "astra-cpu", "matrix", "astra-cuda")
-PROJECTOR = {"parallel": "linear", "fan": "line_fanflat"}
 MATRIX_VERSION = 1  # bump whenever the discretisation changes: cached matrices/SVDs rebuild
 MATRIX_PEAK_BYTES_PER_NNZ = 32  # host bytes per non-zero while a matrix is exported and
 # transposed (ASTRA's copy, scipy's, A and Aᵀ: measured +27 B at 512², 60 views)
 MATRIX_MEMORY_FRACTION = 0.5  # "auto": the matrix's peak must fit in this share of free memory
 MATRIX_FALLBACK_MAX_NNZ = 50_000_000  # "auto" limit where the free memory cannot be read
 MATRIX_GPU_BYTES_PER_NNZ = 16  # A and Aᵀ as torch CSR on a GPU
-CUDA_BATCH_SLICES = 16  # astra-cuda, parallel beam: images per ASTRA call
 NNZ_SAMPLE_VIEWS = 8  # count_nnz exports this many views and scales to all of them
 _nnz_counts: dict[str, int] = {}
 _auto_choice: dict[tuple[str, str], str] = {}
-
-
-def astra_version() -> str:
-    import astra
-
-    return str(astra.__version__)
 
 
 def estimated_nnz(geometry: CTGeometry) -> int:
@@ -127,18 +133,6 @@ def matrix_fits(nnz: int, device: torch.device) -> bool:
     return fits
 
 
-def cuda_available() -> bool:
-    """True when torch sees a CUDA device and ASTRA was built with CUDA."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import astra
-
-        return bool(astra.use_cuda())
-    except Exception:  # noqa: BLE001 - any ASTRA failure means "not available"
-        return False
-
-
 def resolve_backend(requested: str, device: torch.device, geometry: CTGeometry) -> str:
     """The concrete backend for a tensor on ``device`` (``auto`` picks one, see the module
     docstring; remembered per geometry and device type, so a solve never switches)."""
@@ -159,6 +153,7 @@ def resolve_backend(requested: str, device: torch.device, geometry: CTGeometry) 
 
 
 def make_backend(name: str, geometry: CTGeometry) -> ProjectionBackend:
+    """The backend called ``name`` (not "auto": see resolve_backend) for ``geometry``."""
     if name == "astra-cpu":
         return AstraCPUBackend(geometry)
     if name == "matrix":
@@ -166,71 +161,6 @@ def make_backend(name: str, geometry: CTGeometry) -> ProjectionBackend:
     if name == "astra-cuda":
         return AstraCudaBackend(geometry)
     raise OperatorInputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-
-
-class ProjectionBackend:
-    """forward: images (N, H, W) → sinograms (N, views, det); adjoint the reverse.
-    Outputs have the input's device and dtype."""
-
-    name = ""
-
-    def __init__(self, geometry: CTGeometry):
-        self.geometry = geometry
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def _create_projector(geometry: CTGeometry, kind: str | None = None) -> int:
-    import astra
-
-    try:
-        return astra.create_projector(kind or PROJECTOR[geometry.type],
-                                      geometry.astra_proj_geom(), geometry.astra_vol_geom())
-    except Exception as exc:  # ASTRA raises bare Exceptions with its own text
-        raise BackendUnavailableError(f"ASTRA could not create a projector: {exc}") from None
-
-
-class AstraCPUBackend(ProjectionBackend):
-    """One ASTRA CPU projector id per operator; one ``direct_FP2D``/``BP2D`` per slice."""
-
-    name = "astra-cpu"
-
-    def __init__(self, geometry: CTGeometry):
-        super().__init__(geometry)
-        from astra import experimental
-
-        self._fp, self._bp = experimental.direct_FP2D, experimental.direct_BP2D
-        self.projector_id = _create_projector(geometry)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = x.detach().to("cpu", torch.float32).contiguous()
-        out = torch.empty(xs.shape[0], *self.geometry.sinogram_shape, dtype=torch.float32)
-        xn, on = xs.numpy(), out.numpy()
-        for i in range(xn.shape[0]):
-            self._fp(self.projector_id, xn[i], on[i])
-        return out.to(x.device, x.dtype)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        ys = y.detach().to("cpu", torch.float32).contiguous()
-        out = torch.empty(ys.shape[0], *self.geometry.image_shape, dtype=torch.float32)
-        yn, on = ys.numpy(), out.numpy()
-        for i in range(yn.shape[0]):
-            self._bp(self.projector_id, on[i], yn[i])
-        return out.to(y.device, y.dtype)
-
-    def __del__(self) -> None:
-        pid = getattr(self, "projector_id", None)
-        if pid is not None:
-            try:
-                import astra
-
-                astra.projector.delete(pid)
-            except Exception:  # noqa: BLE001 - interpreter shutdown
-                pass
 
 
 def matrix_description(geometry: CTGeometry) -> dict[str, Any]:
@@ -256,7 +186,7 @@ def _export_matrix(geometry: CTGeometry, shape: tuple[int, int]) -> dict[str, np
     """ASTRA's matrix as CSR arrays (float32 data, int32 indices, int64 row pointers)."""
     import astra
 
-    pid = _create_projector(geometry)
+    pid = create_projector(geometry)
     mid = astra.projector.matrix(pid)
     try:
         mat = astra.matrix.get(mid).tocsr().astype(np.float32, copy=False)
@@ -388,83 +318,3 @@ class MatrixBackend(ProjectionBackend):
         else:
             out = self.device_pair(y.device, dt)[1] @ cols
         return out.T.reshape(y.shape[0], *self.geometry.image_shape).to(y.dtype)
-
-
-class AstraCudaBackend(ProjectionBackend):
-    """ASTRA GPU projection on linked torch CUDA tensors (no host copies).
-
-    Parallel beam: up to ``CUDA_BATCH_SLICES`` images per ASTRA call, as the slices of one
-    3-D volume with one detector row per slice (the rays have no z component, so each row
-    sees only its own slice).  Fan beam: one call per image.  Not the exact adjoint (see
-    the module docstring).  Raises BackendUnavailableError at construction where torch has
-    no CUDA device or ASTRA has no CUDA support.
-    """
-
-    name = "astra-cuda"
-
-    def __init__(self, geometry: CTGeometry):
-        super().__init__(geometry)
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError(
-                "backend 'astra-cuda' needs an NVIDIA GPU, and torch sees none here; "
-                "use backend='matrix' or 'astra-cpu'")
-        if not cuda_available():
-            raise BackendUnavailableError(
-                "backend 'astra-cuda': this ASTRA build cannot use the GPU")
-        from astra import experimental
-
-        self._fp, self._bp = experimental.direct_FP3D, experimental.direct_BP3D
-        self._projectors: dict[int, int] = {}
-        self._chunk = CUDA_BATCH_SLICES if geometry.type == "parallel" else 1
-        self._projector(1)
-        # ASTRA's cone back-projection comes out scaled by the magnification
-        # (D_so + D_od) / D_so (H100: ratio to the matrix transpose 1.50–1.52 over the image)
-        self._bp_scale = (1.0 if geometry.type == "parallel" else geometry.source_origin_mm
-                          / (geometry.source_origin_mm + geometry.origin_det_mm))
-
-    def _projector(self, slices: int) -> int:
-        """The cuda3d projector for ``slices`` stacked images (made once per count)."""
-        if slices not in self._projectors:
-            import astra
-
-            g = self.geometry
-            n, p = g.image_size, g.pixel_size_mm
-            half, depth = g.fov_mm / 2, slices * p / 2
-            vol = astra.create_vol_geom(n, n, slices, -half, half, -half, half, -depth, depth)
-            v2 = g.vectors()
-            zeros = np.zeros(len(v2))
-            row = np.full(len(v2), p)  # detector row height = one voxel
-            vec3 = np.stack([v2[:, 0], v2[:, 1], zeros, v2[:, 2], v2[:, 3], zeros,
-                             v2[:, 4], v2[:, 5], zeros, zeros, zeros, row], 1)
-            kind = "parallel3d_vec" if g.type == "parallel" else "cone_vec"
-            proj = astra.create_proj_geom(kind, slices, g.det_count, vec3)
-            self._projectors[slices] = astra.create_projector("cuda3d", proj, vol)
-        return self._projectors[slices]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dev = x.device if x.device.type == "cuda" else torch.device("cuda")
-        xs = x.detach().to(dev, torch.float32).flip(-2).contiguous()  # rows along +y
-        out = torch.zeros(xs.shape[0], *self.geometry.sinogram_shape, device=dev)
-        for i in range(0, xs.shape[0], self._chunk):  # vol (k, H, W), proj (k, V, D)
-            k = min(self._chunk, xs.shape[0] - i)
-            self._fp(self._projector(k), xs[i:i + k], out[i:i + k])
-        return out.to(x.device, x.dtype)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        dev = y.device if y.device.type == "cuda" else torch.device("cuda")
-        ys = y.detach().to(dev, torch.float32).contiguous()
-        out = torch.zeros(ys.shape[0], *self.geometry.image_shape, device=dev)
-        for i in range(0, ys.shape[0], self._chunk):
-            k = min(self._chunk, ys.shape[0] - i)
-            self._bp(self._projector(k), out[i:i + k], ys[i:i + k])
-        out = out.flip(-2) * self._bp_scale  # back to rows along −y
-        return out.to(y.device, y.dtype)
-
-    def __del__(self) -> None:
-        for pid in getattr(self, "_projectors", {}).values():
-            try:
-                import astra
-
-                astra.projector3d.delete(pid)
-            except Exception:  # noqa: BLE001 - interpreter shutdown
-                pass

@@ -213,11 +213,11 @@ class ScaledOperator(LinearOperator):
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.scale * self.op._apply_adjoint(y)
 
-    def pinv(self, y: torch.Tensor, **kw) -> torch.Tensor:
+    def pinv(self, y: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
         if self.scale == 0.0:
             return torch.zeros(*y.shape[:-len(self.out_shape)], *self.in_shape,
                                dtype=y.dtype, device=y.device)
-        return self.op.pinv(y, **kw) / self.scale
+        return self.op.pinv(y, tol=tol, maxiter=maxiter) / self.scale
 
     def projector(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.projector(x) if self.scale != 0.0 else torch.zeros_like(x)

@@ -116,7 +116,7 @@ def _fbp(sino: torch.Tensor, g: CTGeometry, filter: str) -> torch.Tensor:
     d_iso = g.det_spacing_mm / g.magnification  # detector spacing at the isocentre
     s = (np.arange(n_det) - (n_det - 1) / 2) * d_iso
     if g.type == "fan":
-        dso = g.source_origin_mm
+        dso = _source_distance(g)
         sino = sino * torch.as_tensor(dso / np.sqrt(dso**2 + s**2), device=dev, dtype=dt)
     response = ramp_filter(n_det, d_iso, filter)
     if g.type == "fan":
@@ -165,7 +165,7 @@ def _backproject(q: torch.Tensor, g: CTGeometry, weights: np.ndarray, d_iso: flo
             idx = torch.addcmul((y * (sin / d_iso)).add_(centre), x, cos / d_iso)
             scale = None
         else:
-            dso = g.source_origin_mm
+            dso = _source_distance(g)
             inv = 1.0 / (dso - (x * sin - y * cos))  # 1/distance to the source along ê
             idx = ((x * cos + y * sin) * inv * (dso / d_iso)).add_(centre)
             scale = (dso * inv) ** 2
@@ -179,3 +179,10 @@ def _backproject(q: torch.Tensor, g: CTGeometry, weights: np.ndarray, d_iso: flo
                 vals *= scale
             out[b, p0:p0 + step] = vals.sum(0)
     return out.reshape(batch, n, n)
+
+
+def _source_distance(g: CTGeometry) -> float:
+    """D_so of a fan-beam geometry (OperatorInputError if it has none)."""
+    if g.source_origin_mm is None:
+        raise OperatorInputError("fan-beam geometry without a source distance")
+    return g.source_origin_mm

@@ -1,5 +1,11 @@
-"""2-D CT scan geometry: one small dataclass that validates itself, serialises to the HDF5
-geometry JSON (DESIGN §3) and converts to ASTRA geometry dictionaries.
+"""2-D CT scan geometry: one small immutable value that validates itself, serialises to the
+HDF5 geometry JSON (DESIGN §3) and converts to ASTRA geometry dictionaries.
+
+:class:`CTGeometry` is a frozen dataclass (derive a changed copy with
+``dataclasses.replace``) whose ``angles`` array is read-only.  Two geometries are equal when
+every field is equal and the angles agree within :data:`ANGLE_ATOL` radians; the hash covers
+every field but the angle values (only their count), so equal geometries always hash alike.
+:meth:`CTGeometry.cache_key` stays exact (bit-for-bit angles): it names cached matrices.
 
 World coordinates (mm): x to the right (column index), y upwards (row 0 is the top row),
 origin at the image centre.  Pixel (r, c) has centre ((c − (N−1)/2)·p, ((N−1)/2 − r)·p).
@@ -14,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -24,15 +30,17 @@ from .errors import GeometryError
 GEOMETRY_TYPES = ("parallel", "fan")
 SOURCE_ORIGIN_FOV = 4.0  # default fan source–origin distance, in fields of view
 ORIGIN_DET_FOV = 2.0  # default fan origin–detector distance, in fields of view
+ANGLE_ATOL = 1e-9  # radians: angles closer than this count as equal in ``==``
 _JSON_KEYS = ("type", "image_size", "pixel_size_mm", "det_count", "det_spacing_mm",
               "source_origin_mm", "origin_det_mm")
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class CTGeometry:
-    """A 2-D parallel- or fan-beam (flat detector) scan of a square image.
+    """A 2-D parallel- or fan-beam (flat detector) scan of a square image; immutable.
 
-    ``angles`` (radians, float64) live in the HDF5 ``/angles`` dataset, not in the JSON.
+    ``angles`` (radians, float64, read-only) live in the HDF5 ``/angles`` dataset, not in
+    the JSON.
     """
 
     type: str
@@ -45,8 +53,34 @@ class CTGeometry:
     angles: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
-        self.angles = np.asarray(self.angles, dtype=np.float64).copy()
+        angles = np.asarray(self.angles, dtype=np.float64).copy()
+        angles.flags.writeable = False
+        object.__setattr__(self, "angles", angles)
         self.validate()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling and copying: the stored fields, the angles read-only again."""
+        self.__dict__.update(state)
+        self.angles.flags.writeable = False
+
+    def __eq__(self, other: object) -> bool:
+        """Every field equal; angles of the same count agreeing within ANGLE_ATOL."""
+        if not isinstance(other, CTGeometry):
+            return NotImplemented
+        if self._scalars() != other._scalars() or self.angles.shape != other.angles.shape:
+            return False
+        return bool(np.all(np.abs(self.angles - other.angles) <= ANGLE_ATOL))
+
+    def __hash__(self) -> int:
+        """Hash of the scalar fields and the number of views.  The angle values are left
+        out on purpose: rounding them would put two angles within ANGLE_ATOL of each other
+        on different sides of a rounding boundary, giving equal geometries different
+        hashes."""
+        return hash((self._scalars(), self.angles.shape))
+
+    def _scalars(self) -> tuple[Any, ...]:
+        """Every field but the angles, in declaration order."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "angles")
 
     # -- checks ------------------------------------------------------------------------
     def validate(self) -> None:
@@ -61,9 +95,9 @@ class CTGeometry:
                 raise GeometryError(f"{name} must be a finite number > 0, got {value!r}")
         if not _is_int(self.det_count) or self.det_count < 1:
             raise GeometryError(f"det_count must be a positive integer, got {self.det_count!r}")
-        self.image_size, self.det_count = int(self.image_size), int(self.det_count)
-        self.pixel_size_mm, self.det_spacing_mm = float(self.pixel_size_mm), \
-            float(self.det_spacing_mm)
+        self._set(image_size=int(self.image_size), det_count=int(self.det_count),
+                  pixel_size_mm=float(self.pixel_size_mm),
+                  det_spacing_mm=float(self.det_spacing_mm))
         if self.angles.ndim != 1 or self.angles.size == 0:
             raise GeometryError(f"angles must be a non-empty 1-D array, got shape "
                                 f"{self.angles.shape}")
@@ -79,13 +113,18 @@ class CTGeometry:
         if self.origin_det_mm is None or not (_is_num(self.origin_det_mm)
                                               and self.origin_det_mm >= 0):
             raise GeometryError(f"fan beam needs origin_det_mm >= 0, got {self.origin_det_mm!r}")
-        self.source_origin_mm, self.origin_det_mm = float(self.source_origin_mm), \
-            float(self.origin_det_mm)
+        self._set(source_origin_mm=float(self.source_origin_mm),
+                  origin_det_mm=float(self.origin_det_mm))
         if self.source_origin_mm <= self.radius_mm:
             raise GeometryError(
                 f"impossible fan geometry: the source ({self.source_origin_mm:g} mm from the "
                 f"centre) lies inside the image circle (radius {self.radius_mm:g} mm)"
             )
+
+    def _set(self, **values: Any) -> None:
+        """Store normalised field values (only validate() does, during construction)."""
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     # -- derived quantities ------------------------------------------------------------
     @property
@@ -113,9 +152,10 @@ class CTGeometry:
     @property
     def magnification(self) -> float:
         """(D_so + D_od)/D_so for fan beam, 1 for parallel beam."""
-        if self.type == "parallel":
+        so, od = self.source_origin_mm, self.origin_det_mm
+        if self.type == "parallel" or so is None or od is None:
             return 1.0
-        return (self.source_origin_mm + self.origin_det_mm) / self.source_origin_mm
+        return (so + od) / so
 
     # -- serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +184,8 @@ class CTGeometry:
             arr = np.asarray(angles, dtype=np.float64)
         except (TypeError, ValueError):
             raise GeometryError("angles must be an array of numbers (radians)") from None
-        return cls(angles=arr, **{k: data.get(k) for k in _JSON_KEYS})
+        values: dict[str, Any] = {k: data.get(k) for k in _JSON_KEYS}
+        return cls(angles=arr, **values)
 
     def cache_key(self, *extra: object) -> str:
         """Hex digest identifying this geometry (JSON + angles) plus extra settings."""
@@ -244,14 +285,17 @@ def _angles(views: int | np.ndarray | list[float], span: float) -> np.ndarray:
     return arr
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
+    """An integer (Python or numpy), not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _is_num(v: object) -> bool:
+def _is_num(v: object) -> TypeGuard[float]:
+    """A finite real number (Python or numpy), not a bool."""
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
         and math.isfinite(float(v))
 
 
-def _is_pos(v: object) -> bool:
+def _is_pos(v: object) -> TypeGuard[float]:
+    """A finite number > 0."""
     return _is_num(v) and float(v) > 0

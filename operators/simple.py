@@ -54,7 +54,7 @@ class Identity(LinearOperator):
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return y.clone()
 
-    def pinv(self, y: torch.Tensor, **_: object) -> torch.Tensor:
+    def pinv(self, y: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
         return self.forward(y).detach()
 
     def projector(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class Inpainting(LinearOperator):
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return y * self._m.like(y)
 
-    def pinv(self, y: torch.Tensor, **_: object) -> torch.Tensor:
+    def pinv(self, y: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
         return self.adjoint(y).detach()
 
     def projector(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ class SuperResolution(LinearOperator):
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self._upsample(y) / self.factor**2
 
-    def pinv(self, y: torch.Tensor, **_: object) -> torch.Tensor:
+    def pinv(self, y: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
         return self.adjoint(y).detach() * self.factor**2
 
     def projector(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +217,7 @@ class GaussianBlur(LinearOperator):
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self._filter(y, self._h.like(y))
 
-    def pinv(self, y: torch.Tensor, **_: object) -> torch.Tensor:
+    def pinv(self, y: torch.Tensor, tol: float = 1e-6, maxiter: int = 200) -> torch.Tensor:
         self._check_out(y)
         return self._filter(y.detach(), self._hinv.like(y))
 

@@ -37,21 +37,18 @@ go to ``--tune-out``;
 ``--write-defaults A.json B.json …`` merges such files into the presets of the prior they
 were tuned with (``NAME.presets.json`` beside its weights; ``--presets STEM`` for another
 checkpoint) and their grid logs into docs/tuning/guided.json.
+
+The report is written by scripts/bench_conjugate_report.py, tune mode lives in
+scripts/bench_conjugate_tune.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import itertools
 import json
 import platform
-import re
-import shlex
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -64,29 +61,27 @@ from ctflow.bench import warm_projector
 from ctflow.errors import CtflowError
 from ctflow.io.atomic import atomic_file
 from ctflow.metrics import evaluate
-from ctflow.priors.presets import merge_records
-from ctflow.priors.registry import resolve as resolve_prior
 from ctflow.tasks import get_task, heldout_images
 from ctflow.units import mu_to_hu
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
+from bench_conjugate_report import (  # noqa: E402, F401  (paired_difference, targets: tests)
+    command_line,
+    merge_reports,
+    paired_difference,
+    targets,
+    to_csv,
+    write_report,
+)
+from bench_conjugate_tune import (  # noqa: E402, F401  (write_defaults: tests)
+    EXTRA_FAMILY_TASK,
+    FAMILY_TASK,
+    TUNE_VARIANTS,
+    write_defaults,
+)
+from bench_conjugate_tune import tune as tune_grid  # noqa: E402
+
 GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
-TUNING_LOG = Path(__file__).resolve().parents[1] / "docs" / "tuning" / "guided.json"
-RECORD_META = ("method", "family", "task", "size", "jacobian", "nfe", "psnr_val", "noisy", "mask")
-# tuning family → validation task; "ct-noisy" tunes the records CT calls with noisy data use
-FAMILY_TASK = {"ct": "ct60", "ct-noisy": "ct60-1e5", "inpainting": "inpaint-box", "sr": "sr4",
-               "blur": "blur"}
-# tuned only when named (--tune-families): scattered-mask inpainting, records tagged with
-# the mask kind (guidance.mask_kind) that serve scattered masks only
-EXTRA_FAMILY_TASK = {"inpainting-random": "inpaint-random"}
-FAMILY_MASK = {"inpainting-random": "scattered"}
-# tuned variants: (label, method, jacobian, names of the two grid options)
-TUNE_VARIANTS = {
-    "conjugate": ("conjugate", False, ("w", "tau")),
-    "conjugate+vjp": ("conjugate", True, ("w", "tau")),
-    "conjugate-diffusion": ("conjugate-diffusion", False, ("w", "tau")),
-    "pigfm": ("pigfm", False, ("w", "tau")),
-    "otode": ("otode", False, ("gamma", "t0")),
-}
 SHOWN = {"w": "w", "tau": "τ", "lam": "λ", "gamma": "γ", "t0": "t0", "order": "order"}
 SHOWN_UNLESS = {"order": 1}  # settings left out of the column at this (the usual) value
 
@@ -217,6 +212,11 @@ def bench(args, prior) -> list[dict[str, Any]]:
     return [r for part in parts for r in part]
 
 
+def tune(args, prior) -> dict[str, Any]:
+    """Tune mode: the grid search on the validation split (``bench_conjugate_tune``)."""
+    return tune_grid(args, prior, test_images(args, "val"), solve)
+
+
 def load(args):
     """The prior named by --prior ('gaussian-fit': the fitted smoke-test prior)."""
     if args.prior == "gaussian-fit":
@@ -226,178 +226,25 @@ def load(args):
     return ctflow.load_prior(args.prior.replace("{size}", str(args.size)), device=args.device)
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        first = next(r for r in rows if r["task"] == task)
-        lines += [f"\n### {task} — {get_task(task).description} "
-                  f"({first['size']}², {first['images']} test images)\n",
-                  "| method | NFE | PSNR (dB) | SSIM | RMSE (HU) | s/image | setting |",
-                  "|---|---:|---:|---:|---:|---:|---|"]
-        for r in (r for r in rows if r["task"] == task):
-            lines.append(f"| {r['method']} | {r['nfe']:.0f} | {r['psnr']:.2f} ± "
-                         f"{r['psnr_std']:.2f} | {r['ssim']:.3f} | {r['rmse_hu']:.1f} | "
-                         f"{r['seconds']:.2f} | {r['setting']} |")
-    return "\n".join(lines)
-
-
-def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """Mean PSNR difference a − b with its standard error over the images both rows scored
-    (d_i = a_i − b_i, SE = std(d, ddof=1)/√n), and on how many images a is ahead."""
-    da, db = a.get("psnr_images", ""), b.get("psnr_images", "")
-    va, vb = [float(v) for v in da.split()], [float(v) for v in db.split()]
-    if not va or len(va) != len(vb):
-        return f"{a['psnr'] - b['psnr']:+.2f}"
-    d = np.array(va) - np.array(vb)
-    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-    return f"{d.mean():+.2f} ± {se:.2f} SE, ahead on {int((d > 0).sum())}/{d.size} images"
-
-
-def targets(rows: list[dict[str, Any]]) -> str:
-    """The issue's three targets per task, each method at its own tuned defaults; each
-    difference is paired per image (mean ± standard error, see paired_difference)."""
-    by: dict[str, dict[tuple[str, int], dict[str, Any]]] = defaultdict(dict)
-    for r in rows:
-        by[r["task"]][(r["method"], r["nfe_budget"])] = r
-    lines = ["\n### Targets (PSNR differences in dB, paired per image; NaN = a method "
-             "diverged)\n"]
-    for task, d in by.items():
-        c5, p5 = d.get(("conjugate", 5)), d.get(("pigfm", 5))
-        best = max((r for (m, k), r in d.items()
-                    if m == "pigfm" and k >= 50 and r["psnr"] == r["psnr"]),
-                   key=lambda r: r["psnr"], default=None)
-        parts = []
-        if c5 is not None and p5 is not None:
-            gap = c5["psnr"] - p5["psnr"]
-            parts.append(f"C-ΠGFM@5 − ΠGFM@5 = {paired_difference(c5, p5)} "
-                         f"({'met' if gap >= 1 else 'NOT met'}, target ≥ +1)")
-        if c5 is not None and best is not None:
-            gap = c5["psnr"] - best["psnr"]
-            parts.append(f"C-ΠGFM@5 − best ΠGFM@≥50 (NFE {best['nfe_budget']}) = "
-                         f"{paired_difference(c5, best)} "
-                         f"({'met' if gap >= -0.5 else 'NOT met'}, target ≥ −0.5)")
-        guided = [r for (m, k), r in d.items() if k > 0 and r["psnr"] == r["psnr"]]
-        top = max(guided, key=lambda r: r["psnr"], default=None)
-        if top is not None and p5 is not None:  # what any sampler here gains over ΠGFM@5
-            parts.append(f"headroom: best guided row {top['method']}@{top['nfe_budget']} − "
-                         f"ΠGFM@5 = {paired_difference(top, p5)}")
-        tv = d.get(("tv", 0))
-        if task == "ct60" and c5 is not None and tv is not None:
-            gap = c5["psnr"] - tv["psnr"]
-            parts.append(f"C-ΠGFM@5 − TV = {paired_difference(c5, tv)} "
-                         f"({'met' if gap >= 2 else 'NOT met'}, target ≥ +2)")
-        lines.append(f"- {task}: " + ("; ".join(parts) or "not measured"))
-    return "\n".join(lines)
-
-
-# -- tuning ------------------------------------------------------------------------------
-def tune(args, prior) -> dict[str, Any]:
-    """Grid search on the validation split; all scores and the best setting per
-    (variant, family, NFE).  A diverged setting scores −inf."""
-    images = test_images(args, "val")
-    grids = {"w": args.tune_w, "tau": args.tune_tau, "gamma": args.tune_gamma,
-             "t0": args.tune_t0, "rho_scale": args.tune_rho_scale, "lam": args.tune_lam,
-             "order": args.tune_order}
-    grid_log: list[dict[str, Any]] = []
-    chosen: list[dict[str, Any]] = []
-    for family in args.tune_families:
-        task = get_task({**FAMILY_TASK, **EXTRA_FAMILY_TASK}[family])
-        mask = FAMILY_MASK.get(family)
-        problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
-        noisy = task.noisy
-        for label in args.tune_methods:
-            method, jac, names = TUNE_VARIANTS[label]
-            if noisy:  # the noise weight κ of guidance.GuidanceTarget is tuned too
-                names = (*names, "rho_scale")
-            if method.startswith("conjugate"):  # λ of the conjugate map (--tune-lam)
-                names = (*names, "lam")
-                if args.tune_order != [1]:  # order 2: multistep (--tune-order)
-                    names = (*names, "order")
-            budgets = args.tune_nfe if method.startswith("conjugate") else args.tune_base_nfe
-            for nfe in budgets:
-                best: tuple[float, dict[str, float]] | None = None
-                for values in itertools.product(*(grids[n] for n in names)):
-                    opts = dict(zip(names, values, strict=True))
-                    vals = [solve(p, method, prior, args.seed, nfe=nfe, jacobian=jac, **opts)
-                            for p in problems]
-                    score = (float(np.mean([v["psnr"] for v in vals]))
-                             if all(v is not None for v in vals) else float("-inf"))
-                    grid_log.append({"variant": label, "family": task.family,
-                                     "task": task.name, "size": args.size, "noisy": noisy,
-                                     **({"mask": mask} if mask else {}),
-                                     "nfe": nfe, **opts,
-                                     "psnr_val": round(score, 3)})
-                    print(f"  tune {label} {family} nfe={nfe} {opts}: {score:.2f}",
-                          file=sys.stderr, flush=True)
-                    if best is None or score > best[0]:
-                        best = (score, opts)
-                assert best is not None
-                chosen.append({"method": method, "family": task.family, "task": task.name,
-                               "size": args.size,
-                               "jacobian": jac, "nfe": nfe, **best[1],
-                               "psnr_val": round(best[0], 3),
-                               **({"noisy": True} if noisy else {}),
-                               **({"mask": mask} if mask else {})})
-                if args.tune_out:  # each finished (variant, family, NFE) block is kept
-                    save_tuning(args, grids, chosen, grid_log)
-    return tuning_result(args, grids, chosen, grid_log)
-
-
-def tuning_result(args, grids: dict[str, list], chosen: list[dict[str, Any]],
-                  grid_log: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"command": command_line(), "prior": args.prior,
-            "images": (f"realct.validation_images({args.size}, {args.images}, split='val')"
-                       if args.data == "realct"
-                       else f"heldout_images({args.size}, {args.images}, split='val')"),
-            "grids": {n: grids[n] for n in grids}, "chosen": chosen, "grid": grid_log}
-
-
-def save_tuning(args, grids: dict[str, list], chosen: list[dict[str, Any]],
-                grid_log: list[dict[str, Any]]) -> None:
-    """Write the tuning result so far to --tune-out (temp file + rename)."""
-    with atomic_file(args.tune_out, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(tuning_result(args, grids, chosen, grid_log), indent=1,
-                                  ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def preset_record(rec: dict[str, Any], command: str, prior: str) -> dict[str, Any]:
-    """A chosen setting of a tuning result as a presets record (ctflow.priors.presets)."""
-    return {"family": rec["family"], "size": int(rec.get("size", 64)),
-            "noisy": bool(rec.get("noisy", False)), "mask": rec.get("mask"),
-            "nfe": int(rec["nfe"]), "requires": {"jacobian": bool(rec["jacobian"])},
-            "options": {k: v for k, v in rec.items() if k not in RECORD_META},
-            "tuned": {"prior": prior, "task": rec.get("task"), "psnr_val": rec["psnr_val"],
-                      "command": command, "log": "docs/tuning/guided.json"}}
-
-
-def write_defaults(files: list[str], stem: str | None = None,
-                   log_path: Path = TUNING_LOG) -> None:
-    """Merge tune-result files into the presets of the prior each was tuned with (records
-    replaced per selection key, each naming the run that chose it) and append their grids
-    to the tuning log (a run of the same command replaces the older one; atomic writes)."""
-    log = json.loads(log_path.read_text(encoding="utf-8")) if log_path.is_file() else {}
-    runs = log.setdefault("runs", [])
-    for name in files:
-        result = json.loads(Path(name).read_text(encoding="utf-8"))
-        target = stem or resolve_prior(result["prior"])
-        by_method: dict[str, list[dict[str, Any]]] = {}
-        for rec in result["chosen"]:
-            by_method.setdefault(rec["method"], []).append(
-                preset_record(rec, result["command"], result["prior"]))
-        for method, records in by_method.items():
-            merge_records(target, result["prior"], method, records)
-        runs[:] = [m for m in runs if m["command"] != result["command"]]
-        runs.append({k: result[k] for k in ("command", "prior", "images", "grids", "grid")})
-    with atomic_file(log_path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(log, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def command_line() -> str:
-    return "python scripts/bench_conjugate.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line: benchmark, tuning and report options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _bench_arguments(p)
+    _tune_arguments(p)
+    p.add_argument("--from-csv", nargs="+", metavar="CSV",
+                   help="merge the --csv files of partial runs into one report (headed with "
+                        "this call's --size and --split) and exit")
+    p.add_argument("--write-defaults", nargs="+", metavar="TUNE_JSON",
+                   help="merge tuning results into the presets of the prior they were tuned "
+                        "with and exit")
+    p.add_argument("--presets", metavar="STEM", default=None,
+                   help="with --write-defaults: the checkpoint (path without extension) whose "
+                        "presets receive the records (default: the tuned prior's)")
+    return p
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of a benchmark run (images, prior, tasks, methods, budgets, outputs)."""
     p.add_argument("--size", type=int, default=64,
                    help="image size in pixels; replaces {size} in --prior (default: %(default)s)")
     p.add_argument("--images", type=int, default=4,
@@ -443,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1,
                    help="benchmark tasks in this many processes (s/image then shares cores) "
                         "(default: %(default)s)")
+
+
+def _tune_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of tune mode (--tune and its grids)."""
     p.add_argument("--tune", action="store_true",
                    help="grid-search the guided samplers on the validation split instead of "
                         "benchmarking; prints the chosen settings")
@@ -479,15 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-out", help="write the tuning result (JSON: grid scores and chosen "
                                       "settings) here, input of --write-defaults "
                                       "(default: none)")
-    p.add_argument("--from-csv", nargs="+", metavar="CSV",
-                   help="merge the --csv files of partial runs into one report (headed with "
-                        "this call's --size and --split) and exit")
-    p.add_argument("--write-defaults", nargs="+", metavar="TUNE_JSON",
-                   help="merge tuning results into the presets of the prior they were tuned "
-                        "with and exit")
-    p.add_argument("--presets", metavar="STEM", default=None,
-                   help="with --write-defaults: the checkpoint (path without extension) whose "
-                        "presets receive the records (default: the tuned prior's)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.write_defaults:
         write_defaults(args.write_defaults, args.presets)
@@ -519,87 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench(args, prior)
     total = time.perf_counter() - start
     if args.csv:
-        Path(args.csv).write_text(f"# {command_line()}\n# {machine}; {total:.0f} s\n"
-                                  + to_csv(rows), encoding="utf-8")
+        with atomic_file(args.csv, overwrite=True) as tmp:
+            tmp.write_text(f"# {command_line()}\n# {machine}; {total:.0f} s\n"
+                           + to_csv(rows), encoding="utf-8")
     write_report(rows, [command_line()], f"{machine}; total {total:.0f} s", args)
     print(f"\ntotal {total:.0f} s", file=sys.stderr)
-    return 0
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        fields = list(dict.fromkeys(key for r in rows for key in r))  # merged runs may differ
-        writer = csv.DictWriter(buf, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
-def read_csv(name: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows and '# ' header lines of a CSV written by --csv."""
-    lines = Path(name).read_text(encoding="utf-8").splitlines()
-    notes = [ln[2:] for ln in lines if ln.startswith("# ")]
-    rows = list(csv.DictReader(ln for ln in lines if not ln.startswith("# ")))
-    for r in rows:
-        for key in ("size", "nfe_budget", "images"):
-            r[key] = int(r[key])
-        for key in ("psnr", "ssim", "rmse_hu", "seconds", "nfe", "psnr_std"):
-            r[key] = float(r[key])
-        r.setdefault("psnr_images", "")  # CSVs written before per-image scores were kept
-    return rows, notes
-
-
-def write_report(rows: list[dict[str, Any]], commands: list[str], machine: str, args) -> None:
-    """Markdown report (commands at the top): tables per task, targets, CSV."""
-    task_order = {t: i for i, t in enumerate(args.tasks)}
-    method_order = ["conjugate", "conjugate+vjp", "conjugate-diffusion", "pigfm", "otode",
-                    "fbp", "tv"]
-    rows = sorted(rows, key=lambda r: (task_order.get(r["task"], len(task_order)),
-                                       method_order.index(r["method"])
-                                       if r["method"] in method_order else len(method_order),
-                                       r["nfe_budget"]))
-    report = "\n".join([
-        f"# Conjugate integrators vs Euler baselines, {args.size}², split {args.split}\n",
-        "Generated by\n", *[f"    {c}" for c in commands], "",
-        f"Machine: {machine}.  Each guided sampler runs at its own validation-tuned "
-        "defaults (the prior's presets, column *setting*); "
-        "`+vjp` = jacobian=True (forward + VJP per step, so NFE/2 steps).  "
-        "PSNR is mean ± std over the images; "
-        + ("s/image shares 2 busy CPU cores." if args.device == "cpu" else
-           "s/image is GPU time (synchronised), after one untimed warm-up solve."),
-        tuning_summary(), markdown(rows), targets(rows),
-        "\n```csv\n" + to_csv(rows) + "```\n"])
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
-
-
-def tuning_summary() -> str:
-    """The tuning runs behind the presets in use (from docs/tuning/guided.json)."""
-    table = json.loads(TUNING_LOG.read_text(encoding="utf-8")) if TUNING_LOG.is_file() else {}
-    lines = ["\nDefaults tuned on the validation split only, by:\n"]
-    lines += [f"- `{run['command']}` on `{run['images']}`" for run in table.get("runs", [])]
-    return "\n".join(lines)
-
-
-def merge_reports(args) -> int:
-    """--from-csv: one report from the CSV files of several partial runs."""
-    rows: list[dict[str, Any]] = []
-    notes: list[str] = []
-    for name in args.from_csv:
-        part, lines = read_csv(name)
-        rows += part
-        notes += lines
-    commands = [n for n in notes if n.startswith("python ")]
-    machines: dict[str, None] = {}
-    seconds = 0
-    for note in (n for n in notes if not n.startswith("python ")):
-        found = re.fullmatch(r"(.*); (\d+) s", note)
-        machines[found.group(1) if found else note] = None
-        seconds += int(found.group(2)) if found else 0
-    machine = "; ".join(machines) + f"; total {seconds} s over {len(args.from_csv)} runs"
-    write_report(rows, [*commands, command_line()], machine, args)
     return 0
 
 

@@ -201,12 +201,14 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    from ctflow.io.atomic import atomic_file  # lazily: workers measure memory without it
+
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line (a sweep, or one --worker point)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", choices=["msflow", "dflow"], default="msflow",
@@ -250,7 +252,11 @@ def main() -> None:
                    help="PNG plot of the increments (default: docs/msflow_memory.png of the "
                         "source tree)")
     p.add_argument("--csv", default=None, help="also write the CSV table here (default: none)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.worker:
         worker(args)
         return
@@ -286,7 +292,10 @@ def main() -> None:
             line += f"; D-Flow/MS-Flow at 64 steps {df[64] / max(msd[64], 1):.1f}x"
         print(line)
     if args.csv:
-        Path(args.csv).write_text(csv_text)
+        from ctflow.io.atomic import atomic_file
+
+        with atomic_file(args.csv, overwrite=True) as tmp:
+            tmp.write_text(csv_text)
     plot(rows, Path(args.out))
     out = Path(args.out).resolve()
     print(f"plot: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out.name}")

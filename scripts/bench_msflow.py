@@ -132,7 +132,8 @@ def run_method(problem, method: str, prior, seed: int, opts: dict[str, Any],
     return {**evaluate(hu, problem.gt_hu), "seconds": seconds, "nfe": float(res.nfe)}
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line (benchmark, or --tune a family's defaults)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=64,
                    help="image size in pixels (default: %(default)s)")
@@ -180,7 +181,11 @@ def main() -> None:
                    help="tuning: store the options for this inpainting mask kind only (the "
                         "family's 'masks' entry; every --tasks mask must be of that kind; "
                         f"needs --size {TUNED_SIZE}) (default: all mask kinds)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = _parser().parse_args()
     torch.set_num_threads(args.threads)
 
     if args.tune is not None:
@@ -218,12 +223,11 @@ def main() -> None:
         "```", "", "## Targets", "", "```", targets(rows), "```", ""])
     print(text)
     if args.csv:
-        with open(args.csv, "w", encoding="utf-8") as fh:
-            fh.write(buf.getvalue())
+        with atomic_file(args.csv, overwrite=True) as tmp:
+            tmp.write_text(buf.getvalue(), encoding="utf-8")
     if args.markdown:
-        tmp = Path(args.markdown + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.markdown)
+        with atomic_file(args.markdown, overwrite=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
 
 _PRIORS: dict[tuple[str, int], Any] = {}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
+from ctflow.io.atomic import atomic_file
 from ctflow.priors.datasets import phantom_pool
 from ctflow.priors.flow import FlowPrior
 from ctflow.priors.registry import load_prior
@@ -62,9 +63,9 @@ def write_grid(path: Path, top: np.ndarray, bottom: np.ndarray,
     rows = [np.concatenate(list(r), axis=1) for r in (top, bottom)]
     grid = np.clip((np.concatenate(rows, axis=0) - lo) / (hi - lo), 0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray((grid * 255).round().astype(np.uint8)).save(tmp, format="PNG", optimize=True)
-    tmp.replace(path)
+    with atomic_file(path, overwrite=True) as tmp:
+        Image.fromarray((grid * 255).round().astype(np.uint8)).save(tmp, format="PNG",
+                                                                    optimize=True)
 
 
 def main() -> int:

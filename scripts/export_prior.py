@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 from ctflow.errors import CtflowError
+from ctflow.io.atomic import atomic_file
 from ctflow.priors.checkpoint import load_checkpoint, save_prior
 from ctflow.priors.registry import priors_dir
 
@@ -52,9 +52,8 @@ def export(run_dir: Path, name: str, make_default: bool, out_dir: Path) -> Path:
         reg = out_dir / "registry.json"
         table = json.loads(reg.read_text()) if reg.is_file() else {}
         table.setdefault("aliases", {})["default"] = name
-        tmp = reg.with_name(f".{reg.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=2) + "\n")
-        os.replace(tmp, reg)
+        with atomic_file(reg, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(table, indent=2) + "\n")
     return weights
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 import matplotlib
@@ -16,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ctflow.io.atomic import atomic_file  # noqa: E402
 from ctflow.phantoms import KINDS, phantom  # noqa: E402
 
 WINDOWS = {"soft tissue W400/L40": (-160, 240), "lung W1500/L-600": (-1350, 150),
@@ -73,12 +73,8 @@ def main() -> None:
             if r == 0:
                 ax.set_title(f"seed {args.seed + c}", fontsize=7)
     fig.tight_layout(pad=0.2)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, args.output)
+    with atomic_file(args.output, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     print(f"wrote {args.output}")
 
 

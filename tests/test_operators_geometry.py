@@ -1,10 +1,13 @@
 """CTGeometry: defaults, JSON round trip (DESIGN §3 keys), validation, ASTRA consistency,
-and the disk cache helpers."""
+immutability, equality and hashing (angle tolerance), and the disk cache helpers."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
+import pickle
 
 import astra
 import numpy as np
@@ -120,3 +123,46 @@ def test_cache_key_and_atomic_cache(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["f.npz"]  # no temporary left over
     path.write_bytes(b"\x00garbage")
     assert load_arrays(path) is None and load_arrays(tmp_path / "missing.npz") is None
+
+
+def test_geometry_is_frozen():
+    g = ParallelBeam2D(16, 5).geometry
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.det_count = 40
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.angles = np.zeros(5)
+    with pytest.raises(ValueError):  # the angles array is read-only too
+        g.angles[0] = 1.0
+    assert g.det_count != 40 and g.angles[0] == 0.0
+    for copied in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):
+        assert copied == g and not copied.angles.flags.writeable
+    changed = dataclasses.replace(g, det_count=40)  # the way to derive a changed copy
+    assert changed.det_count == 40 and g.det_count != 40
+    with pytest.raises(GeometryError):  # replace validates like the constructor
+        dataclasses.replace(g, det_count=0)
+
+
+def test_geometry_equality_and_hash():
+    a = ParallelBeam2D(16, 5).geometry
+    b = ParallelBeam2D(16, 5).geometry
+    assert a is not b and a == b and hash(a) == hash(b)
+    near = dataclasses.replace(a, angles=a.angles + 1e-12)  # within the angle tolerance
+    assert near == a and hash(near) == hash(a)
+    assert near.cache_key() != a.cache_key()  # the cache key stays exact
+    assert dataclasses.replace(a, angles=a.angles + 1e-6) != a
+    assert dataclasses.replace(a, det_count=a.det_count + 1) != a
+    assert dataclasses.replace(a, pixel_size_mm=0.5) != a
+    assert ParallelBeam2D(16, 6).geometry != a  # another number of views
+    assert FanBeam2D(16, 5).geometry != a and a != "parallel" and a != a.to_dict()
+    # integer-valued inputs are normalised, so equal values compare equal
+    assert dataclasses.replace(a, pixel_size_mm=1) == a
+
+
+def test_geometry_is_usable_as_a_dict_key():
+    a = ParallelBeam2D(16, 5).geometry
+    table = {a: "par", FanBeam2D(16, 5).geometry: "fan"}
+    assert table[ParallelBeam2D(16, 5).geometry] == "par"
+    assert table[FanBeam2D(16, 5).geometry] == "fan"
+    assert table[dataclasses.replace(a, angles=a.angles - 1e-12)] == "par"
+    assert dataclasses.replace(a, det_count=a.det_count + 2) not in table
+    assert len({a, ParallelBeam2D(16, 5).geometry, dataclasses.replace(a, det_count=9)}) == 2

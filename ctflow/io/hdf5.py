@@ -48,15 +48,16 @@ with the file name.  Reading is bounded at every step:
   (:func:`ctflow.io.limits.check_quantity`).
 
 Writes are atomic (:mod:`ctflow.io.atomic`).
+
+Modules: this one writes and reads the ctflow layout and opens every file;
+:mod:`ctflow.io.hdf5_foreign` reads LoDoPaB and DXchange files; :mod:`ctflow.io.hdf5_layout`
+holds what they share; :mod:`ctflow.io.hdf5_bounds` the bounded low-level reads.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,26 @@ from ..errors import InputError
 from ..operators import CTGeometry
 from .atomic import atomic_file, one_line
 from .hdf5_bounds import all_attrs, declared_dataset, member, plain, read_attr, read_data
-from .limits import AXIS_LIMITS, check_angles, check_quantity
+from .hdf5_foreign import (  # noqa: F401  (re-exported)
+    LODOPAB_MU_MAX_PER_M,
+    PRESETS,
+    TRANSMISSION_FLOOR,
+    geometry_from_preset,
+    lodopab_geometry,
+    read_dxchange,
+    read_lodopab,
+)
+from .hdf5_layout import (  # noqa: F401  (re-exported)
+    IMAGE,
+    SINOGRAM,
+    VIEWS,
+    ReconstructionFile,
+    SinogramFile,
+    as_3d,
+    check_geometry,
+    check_shape,
+)
+from .limits import check_quantity
 from .probe import run_in_child, walk_hdf5
 
 FORMAT_VERSION = 1
@@ -76,88 +96,13 @@ FORMAT_VERSION = 1
 READER_PATHS = ("sinogram", "angles", "image", "metadata", "data", "exchange",
                 "exchange/data", "exchange/data_white", "exchange/data_dark", "exchange/theta")
 READER_ATTRS = ("ctflow_format", "content", "geometry", "units")
-LODOPAB_MU_MAX_PER_M = 81.35858
-TRANSMISSION_FLOOR = 1e-6
-
-
-@dataclass
-class SinogramFile:
-    """The content of a sinogram file; ``sinogram`` is float32 (slices, views, det)."""
-
-    sinogram: np.ndarray
-    geometry: CTGeometry
-    image_hu: np.ndarray | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    layout: str = "ctflow-v1"  # "ctflow-v1" | "lodopab" | "dxchange"
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ReconstructionFile:
-    """A reconstruction: ``image_hu`` float32 (slices, H, W) with its geometry."""
-
-    image_hu: np.ndarray
-    geometry: CTGeometry
-    metadata: dict[str, Any] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------- presets
-def lodopab_geometry() -> CTGeometry:
-    """The LoDoPaB-CT scan geometry (see the module docstring for the numbers)."""
-    views = 1000
-    angles = (np.arange(views) + 0.5) * np.pi / views
-    spec = {"type": "parallel", "image_size": 362, "pixel_size_mm": 260.0 / 362,
-            "det_count": 513, "det_spacing_mm": 260.0 * math.sqrt(2.0) / 513,
-            "source_origin_mm": None, "origin_det_mm": None}
-    return CTGeometry.from_json(json.dumps(spec), angles)
-
-
-PRESETS = {"lodopab": lodopab_geometry}
-
-
-def geometry_from_preset(preset: str, views: int, source: str) -> CTGeometry:
-    """A geometry from a preset name, a geometry JSON text, or a path to a JSON file.
-
-    JSON without ``angles`` gets ``views`` uniform angles in [0, π) (parallel) or
-    [0, 2π) (fan).
-    """
-    if preset in PRESETS:
-        return PRESETS[preset]()
-    if views > AXIS_LIMITS["views"]:
-        raise InputError(f"{source}: {views} views is outside the supported "
-                         f"1–{AXIS_LIMITS['views']}")
-    text = preset
-    if not preset.lstrip().startswith("{"):
-        p = Path(preset)
-        if not p.is_file():
-            raise InputError(f"{source}: unknown geometry preset {preset!r} (choose "
-                             f"{', '.join(PRESETS)}, a geometry JSON text or a .json file)")
-        try:
-            text = p.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{preset}: cannot read geometry JSON ({one_line(exc)})") from exc
-    try:
-        spec = json.loads(text)
-        if not isinstance(spec, dict):
-            raise ValueError("not a JSON object")
-        angles = spec.pop("angles", None)
-        if angles is None:
-            full = 2 * np.pi if spec.get("type") == "fan" else np.pi
-            angles = np.arange(views) * full / views
-        geometry = CTGeometry.from_json(json.dumps(spec), np.asarray(angles, dtype=np.float64))
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise InputError(f"{source}: invalid geometry preset ({one_line(exc)})") from exc
-    check_geometry(geometry, source)
-    return geometry
 
 
 # ---------------------------------------------------------------------------------- writing
 def write_sinogram(path: str | os.PathLike[str], data: SinogramFile,
                    overwrite: bool = False) -> Path:
     """Write ``data`` in the version-1 layout, atomically; returns the path written."""
-    sino = _as_3d(np.asarray(data.sinogram), "sinogram", str(path))
+    sino = as_3d(np.asarray(data.sinogram), "sinogram", str(path))
     if sino.shape[1:] != tuple(data.geometry.sinogram_shape):
         raise InputError(f"{path}: sinogram shape {sino.shape} does not match the geometry "
                          f"(views, det) = {tuple(data.geometry.sinogram_shape)}")
@@ -165,7 +110,7 @@ def write_sinogram(path: str | os.PathLike[str], data: SinogramFile,
         _write_common(f, data.geometry, data.metadata, data.attrs)
         f.create_dataset("sinogram", data=sino.astype(np.float32, copy=False))
         if data.image_hu is not None:
-            f.create_dataset("image", data=_as_3d(np.asarray(data.image_hu), "image",
+            f.create_dataset("image", data=as_3d(np.asarray(data.image_hu), "image",
                                                   str(path)).astype(np.float32, copy=False))
             f["image"].attrs["units"] = "HU"
     return Path(path)
@@ -174,7 +119,7 @@ def write_sinogram(path: str | os.PathLike[str], data: SinogramFile,
 def write_reconstruction(path: str | os.PathLike[str], rec: ReconstructionFile,
                          overwrite: bool = False) -> Path:
     """Write a reconstruction (``/image`` in HU, geometry, metadata, attrs), atomically."""
-    image = _as_3d(np.asarray(rec.image_hu), "image", str(path))
+    image = as_3d(np.asarray(rec.image_hu), "image", str(path))
     with atomic_file(path, overwrite) as tmp, h5py.File(tmp, "w") as f:
         _write_common(f, rec.geometry, rec.metadata, {**rec.attrs, "content": "reconstruction"})
         f.create_dataset("image", data=image.astype(np.float32, copy=False))
@@ -196,14 +141,6 @@ def _write_common(f: h5py.File, geometry: CTGeometry, metadata: dict[str, Any],
             group.attrs[key] = value
 
 
-def _as_3d(a: np.ndarray, what: str, source: str) -> np.ndarray:
-    if a.ndim == 2:
-        return a[None]
-    if a.ndim != 3:
-        raise InputError(f"{source}: {what} must be 2-D or 3-D, got shape {a.shape}")
-    return a
-
-
 # ---------------------------------------------------------------------------------- reading
 def read_sinogram(path: str | os.PathLike[str], preset: str | None = None) -> SinogramFile:
     """Read a ctflow v1, LoDoPaB-style (needs ``preset``) or DXchange sinogram file."""
@@ -213,8 +150,8 @@ def read_sinogram(path: str | os.PathLike[str], preset: str | None = None) -> Si
         if layout == "ctflow-v1":
             return _read_v1(f, name)
         if layout == "lodopab":
-            return _read_lodopab(f, name, preset)
-        return _read_dxchange(f, name, preset)
+            return read_lodopab(f, name, preset)
+        return read_dxchange(f, name, preset)
 
 
 def read_reconstruction(path: str | os.PathLike[str]) -> ReconstructionFile:
@@ -230,7 +167,7 @@ def read_reconstruction(path: str | os.PathLike[str]) -> ReconstructionFile:
         if tuple(ds.shape[-2:]) != (size, size):
             raise InputError(f"{name}: /image shape {ds.shape} does not match the geometry "
                              f"image size {size}")
-        image = _as_3d(read_data(ds, name), "image", name)
+        image = as_3d(read_data(ds, name), "image", name)
         return ReconstructionFile(image, geometry, _metadata(f, name), _attrs(f, name))
 
 
@@ -342,12 +279,7 @@ def _layout(f: h5py.File, name: str) -> str:
     raise InputError(f"{name}: no /sinogram dataset (not a ctflow, LoDoPaB or DXchange file)")
 
 
-# ---------------------------------------------------------------------------- the layouts
-VIEWS = (("views",),)
-SINOGRAM = (("views", "detectors"), ("slices", "views", "detectors"))
-IMAGE = (("image_size", "image_size"), ("slices", "image_size", "image_size"))
-
-
+# ------------------------------------------------------------------------ the ctflow layout
 def _geometry(f: h5py.File, name: str, angles: np.ndarray) -> CTGeometry:
     text = read_attr(f, "geometry", name)
     if text is None:
@@ -364,33 +296,6 @@ def _geometry(f: h5py.File, name: str, angles: np.ndarray) -> CTGeometry:
     return geometry
 
 
-def check_geometry(geometry: CTGeometry, source: str) -> None:
-    """Sizes within the supported limits and every physical value plausible
-    (:mod:`ctflow.io.limits`)."""
-    for key, axis in (("image_size", "image_size"), ("det_count", "detectors")):
-        value = int(getattr(geometry, key))
-        if value > AXIS_LIMITS[axis]:
-            raise InputError(f"{source}: geometry {key} = {value} is outside the supported "
-                             f"1–{AXIS_LIMITS[axis]}")
-    keys = ["pixel_size_mm", "det_spacing_mm"]
-    if geometry.type == "fan":
-        keys += ["source_origin_mm", "origin_det_mm"]
-    for key in keys:
-        check_quantity(key, getattr(geometry, key), source, f"geometry {key}")
-    if geometry.num_views > AXIS_LIMITS["views"]:
-        raise InputError(f"{source}: {geometry.num_views} views is outside the supported "
-                         f"1–{AXIS_LIMITS['views']}")
-    check_angles(geometry.angles, source)
-
-
-def _check_shape(shape: tuple[int, ...], geometry: CTGeometry, name: str,
-                 what: str = "sinogram") -> None:
-    expected = tuple(int(n) for n in geometry.sinogram_shape)
-    if tuple(shape[-2:]) != expected:
-        raise InputError(f"{name}: {what} shape {tuple(shape)} does not match the geometry "
-                         f"(views, det) = {expected}")
-
-
 def _read_v1(f: h5py.File, name: str) -> SinogramFile:
     if read_attr(f, "content", name) == "reconstruction":
         raise InputError(f"{name}: is a ctflow reconstruction file, not a sinogram")
@@ -400,7 +305,7 @@ def _read_v1(f: h5py.File, name: str) -> SinogramFile:
         raise InputError(f"{name}: /angles has {angles_ds.shape[0]} entries, the sinogram "
                          f"{sino_ds.shape[-2]} views")
     geometry = _geometry(f, name, read_data(angles_ds, name, np.float64))
-    _check_shape(sino_ds.shape, geometry, name)
+    check_shape(sino_ds.shape, geometry, name)
     slices = 1 if sino_ds.ndim == 2 else sino_ds.shape[0]
     size = int(geometry.image_size)
     image_ds = None
@@ -412,96 +317,9 @@ def _read_v1(f: h5py.File, name: str) -> SinogramFile:
                              f"({slices}, {size}, {size})")
     attrs = _attrs(f, name)
     metadata = _metadata(f, name)
-    sino = _as_3d(read_data(sino_ds, name), "sinogram", name)
-    image = None if image_ds is None else _as_3d(read_data(image_ds, name), "image", name)
+    sino = as_3d(read_data(sino_ds, name), "sinogram", name)
+    image = None if image_ds is None else as_3d(read_data(image_ds, name), "image", name)
     return SinogramFile(sino, geometry, image, metadata, attrs)
-
-
-def _read_lodopab(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
-    if preset is None:
-        raise InputError(f"{name}: LoDoPaB-style file (dataset 'data') needs a geometry: "
-                         "pass the preset 'lodopab' or a geometry JSON")
-    ds = declared_dataset(f, "data", name, SINOGRAM, work=8)
-    geometry = geometry_from_preset(preset, ds.shape[-2], name)
-    _check_shape(ds.shape, geometry, name, "data")
-    sino = _as_3d(read_data(ds, name), "data", name)
-    attrs: dict[str, Any] = {"source": "lodopab"}
-    notes = []
-    if preset == "lodopab":
-        sino = (sino * np.float32(LODOPAB_MU_MAX_PER_M)).astype(np.float32)
-        attrs.update(noise_model="poisson", photons=4096.0)
-        notes.append(f"data multiplied by mu_max = {LODOPAB_MU_MAX_PER_M} /m "
-                     "(LoDoPaB normalisation)")
-    return SinogramFile(sino, geometry, None, {}, attrs, layout="lodopab", notes=notes)
-
-
-def _read_dxchange(f: h5py.File, name: str, preset: str | None) -> SinogramFile:
-    ex = member(f, "exchange", name)
-    # data, then (data − dark)/(white − dark), clip, log in float64, and the float32 result
-    data_ds = declared_dataset(ex, "data", name, (("views", "slices", "detectors"),), kinds="fiu",
-                        work=8 * 4 + 4)
-    views, rows, cols = data_ds.shape
-    theta_ds = declared_dataset(ex, "theta", name, VIEWS)
-    if theta_ds.shape[0] != views:
-        raise InputError(f"{name}: /exchange/theta has {theta_ds.shape[0]} entries, "
-                         f"/exchange/data {views} projections")
-    white = _field_mean(ex, "data_white", rows, cols, name)
-    notes: list[str] = []
-    if "data_dark" in ex:
-        dark = _field_mean(ex, "data_dark", rows, cols, name)
-    else:
-        dark = np.zeros((rows, cols))
-        notes.append("no /exchange/data_dark: dark field assumed 0")
-    theta = read_data(theta_ds, name, np.float64)
-    angles, note = _theta_to_radians(theta, read_attr(theta_ds, "units", name))
-    notes.append(note)
-    denom = white - dark
-    if (denom <= 0).any():
-        raise InputError(f"{name}: flat field is not above the dark field everywhere")
-    if preset is not None:
-        geometry = geometry_from_preset(preset, views, name)
-        spec = json.loads(geometry.to_json())
-    else:
-        spec = {"type": "parallel", "image_size": cols, "pixel_size_mm": 1.0,
-                "det_count": cols, "det_spacing_mm": 1.0, "source_origin_mm": None,
-                "origin_det_mm": None}
-        notes.append("no geometry given: parallel beam, 1 mm pixels and detector bins assumed")
-    try:
-        geometry = CTGeometry.from_json(json.dumps(spec), angles)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{name}: invalid geometry ({one_line(exc)})") from exc
-    check_geometry(geometry, name)
-    _check_shape((rows, views, cols), geometry, name)
-    data = read_data(data_ds, name, np.float64)
-    transmission = np.clip((data - dark) / denom, TRANSMISSION_FLOOR, None)
-    sino = np.ascontiguousarray((-np.log(transmission)).transpose(1, 0, 2), dtype=np.float32)
-    return SinogramFile(sino, geometry, None, {}, {"source": "dxchange"}, layout="dxchange",
-                        notes=notes)
-
-
-def _theta_to_radians(theta: np.ndarray, units: Any) -> tuple[np.ndarray, str]:
-    """Angles in radians and a note saying which unit was assumed and why."""
-    if isinstance(units, bytes):
-        units = units.decode("ascii", errors="replace")
-    if isinstance(units, str) and units.strip().lower() in ("deg", "degree", "degrees"):
-        return np.deg2rad(theta), "theta in degrees (its 'units' attribute)"
-    if isinstance(units, str) and units.strip().lower() in ("rad", "radian", "radians"):
-        return theta, "theta in radians (its 'units' attribute)"
-    peak = float(np.abs(theta).max())
-    if peak > 2 * np.pi + 1e-6:
-        return np.deg2rad(theta), f"theta assumed in degrees (max |theta| = {peak:g} > 2π)"
-    return theta, f"theta assumed in radians (max |theta| = {peak:g} ≤ 2π)"
-
-
-def _field_mean(ex: h5py.Group, key: str, rows: int, cols: int, name: str) -> np.ndarray:
-    """Mean over the frames of a flat or dark field stored as (frames, rows, cols)."""
-    ds = declared_dataset(ex, key, name,
-                          (("slices", "detectors"), ("frames", "slices", "detectors")),
-                          kinds="fiu", work=8)
-    if tuple(ds.shape[-2:]) != (rows, cols):
-        raise InputError(f"{name}: /exchange/{key} shape {ds.shape} does not match the "
-                         f"projections' {rows}×{cols}")
-    return read_data(ds, name, np.float64).reshape(-1, rows, cols).mean(0)
 
 
 #: Root attributes holding physical values, checked by :func:`ctflow.io.limits.check_quantity`.

@@ -242,7 +242,7 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
                 frozen = {"f": x - t * v, "pf": n * u_par - t * pv, "target": target}
             else:
                 frozen = {"f": v, "pf": pv, "target": target}
-            if jac:
+            if vjp is not None:  # jacobian=True
                 g = vjp(resid)
                 frozen.update(g=g, pg=P(g))
             # coefficients already divided by the step's end scale of A_t (see

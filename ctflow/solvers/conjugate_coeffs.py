@@ -216,7 +216,10 @@ def _cached(grid: tuple[float, ...], w: float, lam: float, kind: str) -> StepCoe
     # end-anchored: log e(s, t_i) − log e(t_{i+1}, t_i) = log e(s, t_{i+1}) (≤ 0 where the
     # linear part contracts), so the ratios never form e^{+big}
     lin = 1 + lam * np.diff(t)
-    r0, r1, m0, m1 = {}, {}, {}, {}
+    r0: dict[str, np.ndarray] = {}
+    r1: dict[str, np.ndarray] = {}
+    m0: dict[str, np.ndarray] = {}
+    m1: dict[str, np.ndarray] = {}
     for r, m, log_e in ((r0, m0, log_e0), (r1, m1, log_e1)):
         e_end = np.exp(log_e(s, hi))
         for name, f in sch.forcing.items():

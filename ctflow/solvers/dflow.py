@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import SolverOutput, model_problem, seeded_noise
+from .common import ModelProblem, SolverOutput, model_problem, seeded_noise
 from .context import resolve_options, task_context
 from .latent_reg import data_sigma, invert_euler, radial_reg, warm_start
 
@@ -74,26 +74,12 @@ def dflow(
     o = resolve_options("dflow", GENERIC, prior, context, steps=steps, iters=iters, lam=lam,
                         init=init)
     steps, iters, lam, init = o["steps"], o["iters"], o["lam"], o["init"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-               for v in (steps, iters, lam, lr)):
-        raise MethodError("dflow options steps, iters, lam and lr must be numbers")
-    if int(steps) < 1 or int(iters) < 1 or not lam >= 0 or not lr > 0:
-        raise MethodError("dflow needs steps >= 1, iters >= 1, lam >= 0 and lr > 0")
-    if init not in INITS:
-        raise MethodError(f"dflow init must be one of {', '.join(INITS)}; got {init!r}")
+    _check_options(steps, iters, lam, lr, init)
     steps, iters = int(steps), int(iters)
     prob = model_problem(y, op, prior, noise_std)
     sigma = data_sigma(prob.y, prob.noise_std)
     nfe0 = prior.nfe
-    if init == "conjugate":
-        x_init = warm_start(y, op, prior, noise_std, seed, family).to(prob.y.dtype)
-    else:
-        with torch.no_grad():
-            x_init = op.pinv(prob.y).to(prob.y.dtype)
-    if init in ("inverse", "conjugate"):
-        z0 = invert_euler(prior, x_init, [0.0, 1.0], steps)[0]
-    else:
-        z0 = seeded_noise(tuple(x_init.shape), seed, x_init)
+    x_init, z0 = _initial_code(y, op, prior, prob, noise_std, seed, family, init, steps)
     z = z0.detach().clone().requires_grad_(True)
     max_eval = int(1.25 * iters)
     if nfe is not None:
@@ -131,3 +117,29 @@ def dflow(
     if z.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(z.device)
     return SolverOutput(image=prob.to_physical(best["x"]), nfe=prior.nfe - nfe0, info=info)
+
+
+def _check_options(steps: Any, iters: Any, lam: Any, lr: Any, init: Any) -> None:
+    """MethodError unless the options are numbers in range and ``init`` is known."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in (steps, iters, lam, lr)):
+        raise MethodError("dflow options steps, iters, lam and lr must be numbers")
+    if int(steps) < 1 or int(iters) < 1 or not lam >= 0 or not lr > 0:
+        raise MethodError("dflow needs steps >= 1, iters >= 1, lam >= 0 and lr > 0")
+    if init not in INITS:
+        raise MethodError(f"dflow init must be one of {', '.join(INITS)}; got {init!r}")
+
+
+def _initial_code(y: torch.Tensor, op: LinearOperator, prior: Prior, prob: ModelProblem,
+                  noise_std: float | None, seed: int, family: str | None, init: str,
+                  steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_init, z_0): x_init the C-ΠGFM warm start (init "conjugate") or A⁺y; z_0 the
+    ODE run backwards from x_init ("inverse", "conjugate") or seeded noise ("noise")."""
+    if init == "conjugate":
+        x_init = warm_start(y, op, prior, noise_std, seed, family).to(prob.y.dtype)
+    else:
+        with torch.no_grad():
+            x_init = op.pinv(prob.y).to(prob.y.dtype)
+    if init in ("inverse", "conjugate"):
+        return x_init, invert_euler(prior, x_init, [0.0, 1.0], steps)[0]
+    return x_init, seeded_noise(tuple(x_init.shape), seed, x_init)

@@ -67,9 +67,13 @@ class GuidanceTarget:
         self.problem = problem
         self.noisy = problem.noise_std > 0
         self.rho_scale = float(rho_scale)
+        self.y_tilde: torch.Tensor | None = None  # ỹ = A⁺y (noiseless)
+        self.aty: torch.Tensor | None = None  # Aᵀy (noisy)
         with torch.no_grad():
-            self.y_tilde = None if self.noisy else problem.op.pinv(problem.y)
-            self.aty = problem.op.T(problem.y) if self.noisy else None
+            if self.noisy:
+                self.aty = problem.op.T(problem.y)
+            else:
+                self.y_tilde = problem.op.pinv(problem.y)
 
     def rho(self, t: float) -> float:
         """ρ_t = κ σ_y² / r_t² (0 when noiseless)."""
@@ -79,8 +83,8 @@ class GuidanceTarget:
 
     def at(self, p_x1: torch.Tensor, t: float) -> torch.Tensor:
         """ŷ_t for the current P x̂1."""
-        if not self.noisy:
-            return self.y_tilde
+        if self.aty is None:  # noiseless
+            return self._y_tilde()
         rho = self.rho(t)
         with torch.no_grad():
             return self.problem.op.projected_solve_normal(self.aty + rho * p_x1, rho)
@@ -88,9 +92,15 @@ class GuidanceTarget:
     def start(self, t0: float) -> torch.Tensor:
         """The data estimate a run starts from: ỹ, or when noisy ŷ_{t0} with x̂1 = 0, i.e. the
         Tikhonov solution P(AᵀA + ρ_{t0})⁻¹Aᵀy (A⁺y would amplify the noise without bound)."""
-        if not self.noisy:
-            return self.y_tilde
+        if self.aty is None:  # noiseless
+            return self._y_tilde()
         return self.at(torch.zeros_like(self.aty), t0)
+
+    def _y_tilde(self) -> torch.Tensor:
+        """ỹ, set at construction for noiseless data."""
+        if self.y_tilde is None:
+            raise MethodError("ỹ = A⁺y is only formed for noiseless data")
+        return self.y_tilde
 
 
 # -- start and grid ----------------------------------------------------------------------

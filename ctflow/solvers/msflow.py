@@ -57,7 +57,6 @@ inpainting.  (Ties would go to a constant μ: a schedule makes F rise at each μ
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,216 +65,23 @@ from tqdm.auto import tqdm
 from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import SolverOutput, model_problem, seeded_noise
-from .context import resolve_options, task_context
-from .latent_reg import (
-    WARM_START_NFE,
-    data_sigma,
-    euler_flow,
-    euler_vjp,
-    invert_euler,
-    radial_reg,
-    radial_reg_grad,
-    warm_start,
+from .common import ModelProblem, SolverOutput, model_problem
+from .context import TaskContext, resolve_options, task_context
+from .latent_reg import WARM_START_NFE, data_sigma, warm_start
+from .msflow_stitching import (  # noqa: F401  (prox_data and ARMIJO_C: re-exported)
+    ARMIJO_C,
+    Stitching,
+    initial_states,
+    prox_data,
+    prox_step,
+    update_colour,
 )
 
-ARMIJO_C = 1e-4
 INITS = ("inverse", "noise", "rollout", "conjugate")
 # Generic defaults (a prior's presets overlay them); mu_noiseless / mu_noisy: the matching
 # weight μ for noiseless / noisy data (an explicit ``mu`` overrides both).
 GENERIC = {"shooting": 4, "segment_steps": 2, "iters": 10, "mu_noiseless": 10.0,
            "mu_noisy": 300.0, "lam": 1.0, "init": "inverse", "eta": 1.0, "mu_growth": 1.0}
-
-
-def _sq(a: torch.Tensor) -> torch.Tensor:
-    """Per-item squared norm in float64, for a (B, ...) tensor."""
-    return a.double().flatten(1).pow(2).sum(1)
-
-
-class _Stitching:
-    """The shooting states, the segment maps and the objective of one MS-Flow problem."""
-
-    def __init__(self, prior: Prior, op: LinearOperator, y: torch.Tensor, sigma: float,
-                 mu: float, lam: float, shooting: int, segment_steps: int):
-        self.prior, self.op, self.y = prior, op, y
-        self.sigma, self.mu, self.lam = sigma, mu, lam
-        self.K, self.M = shooting, segment_steps
-        self.grid = [k / shooting for k in range(shooting + 1)]
-
-    # -- segment maps, batched over (segments × images) ---------------------------------
-    def _times(self, ks: list[int], b: int, ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        s = torch.tensor(self.grid, dtype=torch.float64)
-        t0 = s[ks].repeat_interleave(b).to(ref.device, ref.dtype)
-        t1 = s[[k + 1 for k in ks]].repeat_interleave(b).to(ref.device, ref.dtype)
-        return t0, t1
-
-    def flow(self, z: torch.Tensor, ks: list[int]) -> torch.Tensor:
-        """Φ_k(z[i]) for k = ks[i]; z is (len(ks), B, C, H, W); one batched call per step."""
-        n, b = z.shape[:2]
-        t0, t1 = self._times(ks, b, z)
-        out, _ = euler_flow(self.prior, z.reshape(n * b, *z.shape[2:]), t0, t1, self.M)
-        return out.reshape(z.shape)
-
-    def flow_vjp(self, z: torch.Tensor, ks: list[int], w: torch.Tensor) -> torch.Tensor:
-        """J_{Φ_k}(z[i])ᵀ w[i], through one segment each (states stored, one step's graph)."""
-        n, b = z.shape[:2]
-        t0, t1 = self._times(ks, b, z)
-        flat = z.reshape(n * b, *z.shape[2:])
-        _, states = euler_flow(self.prior, flat, t0, t1, self.M, keep_states=True)
-        g = euler_vjp(self.prior, states, t0, t1, w.reshape(flat.shape))
-        return g.reshape(z.shape)
-
-    # -- objective -----------------------------------------------------------------------
-    def data_term(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return _sq(self.op(x) - self.y) / (2 * self.sigma**2)
-
-    def parts(self, z: torch.Tensor, phi: torch.Tensor, x: torch.Tensor
-              ) -> dict[str, torch.Tensor]:
-        """Per-image data, regulariser and matching terms of F."""
-        nxt = torch.cat([z[1:], x[None]], 0)
-        match = sum(_sq(nxt[k] - phi[k]) for k in range(self.K))
-        return {"data": self.data_term(x), "reg": self.lam * radial_reg(z[0].double()),
-                "match": 0.5 * self.mu * match}
-
-    def local(self, k: int, zk: torch.Tensor, phik: torch.Tensor, prev_phi: torch.Tensor | None,
-              nxt: torch.Tensor) -> torch.Tensor:
-        """f_k per image: the part of F that depends on z_k."""
-        f = 0.5 * self.mu * _sq(nxt - phik)
-        if k == 0:
-            return f + self.lam * radial_reg(zk.double())
-        return f + 0.5 * self.mu * _sq(zk - prev_phi)
-
-    def base_grad(self, k: int, zk: torch.Tensor, prev_phi: torch.Tensor | None) -> torch.Tensor:
-        """Gradient of the z_k-only part: λ∇R(z_0) or μ r_k."""
-        if k == 0:
-            return self.lam * radial_reg_grad(zk)
-        return self.mu * (zk - prev_phi)
-
-    def step0(self, k: int) -> float:
-        return 1.0 / (self.mu + self.lam) if k == 0 else 1.0 / (2.0 * self.mu)
-
-
-def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(*mask.shape, *([1] * (like.ndim - mask.ndim)))
-
-
-def _update_colour(st: _Stitching, z: torch.Tensor, phi: torch.Tensor, x: torch.Tensor,
-                   ks: list[int], eta: float, backtracks: int, stats: dict[str, int],
-                   room: Callable[[], float]) -> None:
-    """One red–black half sweep over the blocks ks (in place on z and phi).  ``room()`` is
-    the NFE budget left: a trial (M evaluations) or the exact-gradient fallback (3M for the
-    VJP through the segment, plus a trial) that does not fit is skipped."""
-    m = st.M
-    if room() < m:
-        return
-    nxt = torch.cat([z[1:], x[None]], 0)
-    prev = [phi[k - 1] if k > 0 else None for k in ks]
-    zk = z[ks]
-    f_old = torch.stack([st.local(k, zk[i], phi[k], prev[i], nxt[k]) for i, k in enumerate(ks)])
-    base = torch.stack([st.base_grad(k, zk[i], prev[i]) for i, k in enumerate(ks)])
-    resid = nxt[ks] - phi[ks]
-    alpha = torch.tensor([eta * st.step0(k) for k in ks], dtype=z.dtype, device=z.device)
-    alpha = alpha.view(-1, 1)  # (n, 1) → broadcast over images
-
-    def trial(direction: torch.Tensor, a: torch.Tensor, sel: list[int]) -> tuple[torch.Tensor, ...]:
-        znew = zk[sel] - _bcast(a[sel], direction[sel]) * direction[sel]
-        phinew = st.flow(znew, [ks[i] for i in sel])
-        fnew = torch.stack([st.local(ks[i], znew[j], phinew[j], prev[i], nxt[ks[i]])
-                            for j, i in enumerate(sel)])
-        ok = fnew <= f_old[sel] - ARMIJO_C * a[sel].double() * _sq_blocks(direction[sel])
-        return znew, phinew, ok
-
-    # Jacobian-free direction for every block of this colour, one batched flow call.
-    d = base - st.mu * resid
-    every = list(range(len(ks)))
-    znew, phinew, ok = trial(d, alpha.expand(len(ks), z.shape[1]), every)
-    accepted = ok.clone()
-    new_z, new_phi = torch.where(_bcast(ok, zk), znew, zk), torch.where(_bcast(ok, zk), phinew,
-                                                                        phi[ks])
-    stats["jf_tried"] += ok.numel()
-    stats["jf_accepted"] += int(ok.sum())
-
-    # Exact local gradient through one segment for the blocks (images) that failed.
-    rows = [i for i in every if not bool(ok[i].all())]
-    if rows and room() >= 4 * m:
-        g = base[rows] - st.mu * st.flow_vjp(zk[rows], [ks[i] for i in rows], resid[rows])
-        grad = torch.zeros_like(d)
-        grad[rows] = g
-        a = alpha.expand(len(ks), z.shape[1]).clone()
-        for _ in range(backtracks + 1):
-            rows = [i for i in rows if not bool(accepted[i].all())]
-            if not rows or room() < m:
-                break
-            zg, phig, okg = trial(grad, a, rows)
-            for j, i in enumerate(rows):
-                take = okg[j] & ~accepted[i]
-                new_z[i] = torch.where(_bcast(take, zg[j]), zg[j], new_z[i])
-                new_phi[i] = torch.where(_bcast(take, zg[j]), phig[j], new_phi[i])
-                accepted[i] |= take
-                stats["grad_accepted"] += int(take.sum())
-            a = a / 2
-        stats["grad_tried"] += int((~ok).sum())
-    z[ks] = new_z
-    phi[ks] = new_phi
-
-
-def _sq_blocks(a: torch.Tensor) -> torch.Tensor:
-    """Squared norm per (block, image) of a (n, B, ...) tensor, float64."""
-    return a.double().flatten(2).pow(2).sum(2)
-
-
-def prox_data(op: LinearOperator, y: torch.Tensor, anchor: torch.Tensor, sigma: float,
-              mu: float, x0: torch.Tensor | None = None, tol: float = 1e-4,
-              maxiter: int = 30) -> torch.Tensor:
-    """argmin_x ‖Ax − y‖²/(2σ²) + (μ/2)‖x − anchor‖², i.e. the solution of
-
-        (AᵀA + σ²μ I) x = Aᵀy + σ²μ·anchor,
-
-    solved for the correction δ = x − anchor:  (AᵀA + σ²μ I) δ = Aᵀ(y − A·anchor)  (same
-    solution; the tolerance then measures the data correction, and CG started in A's row
-    space never touches its null space) by ``op.solve_normal``: closed form for masks, SR
-    and blur, the full-spectrum SVD formula for CT (exact up to rounding), CG from the warm
-    start x0 to ``tol`` otherwise.  If x0 is given and has the lower energy it is kept."""
-    rho = sigma**2 * mu
-
-    def energy(d: torch.Tensor) -> torch.Tensor:
-        return _sq(op(anchor + d) - y) / (2 * sigma**2) + 0.5 * mu * _sq(d)
-
-    with torch.no_grad():
-        rhs = op.T(y - op(anchor))
-        d0 = None if x0 is None else x0 - anchor
-        d = op.solve_normal(rhs, rho, x0=d0, tol=tol, maxiter=maxiter)
-        if d0 is not None:
-            d = torch.where(_bcast(energy(d0) < energy(d), d), d0, d)
-    return anchor + d
-
-
-def _prox_step(st: _Stitching, x: torch.Tensor, phi_last: torch.Tensor,
-               phi_last_old: torch.Tensor, cg_tol: float, cg_iters: int) -> torch.Tensor:
-    """Step (ii), warm-started at x + ΔΦ_{K−1} (the last correction moved with the anchor),
-    kept only where it lowers F."""
-
-    def energy(u: torch.Tensor) -> torch.Tensor:
-        return st.data_term(u) + 0.5 * st.mu * _sq(u - phi_last)
-
-    xn = prox_data(st.op, st.y, phi_last, st.sigma, st.mu, x0=x + (phi_last - phi_last_old),
-                   tol=cg_tol, maxiter=cg_iters)
-    return torch.where(_bcast(energy(xn) <= energy(x), x), xn, x)
-
-
-def _initial_states(st: _Stitching, x_init: torch.Tensor, init: str, seed: int) -> torch.Tensor:
-    """Shooting states (K, B, C, H, W) from x_init (see the module docstring)."""
-    if init in ("inverse", "conjugate"):
-        states = invert_euler(st.prior, x_init, st.grid, st.M)
-        return torch.stack(states[: st.K])
-    z0 = seeded_noise(tuple(x_init.shape), seed, x_init)
-    if init == "rollout":
-        states = [z0]
-        for k in range(st.K - 1):
-            states.append(st.flow(states[-1][None], [k])[0])
-        return torch.stack(states)
-    return torch.stack([s * x_init + (1 - s) * z0 for s in st.grid[: st.K]])
 
 
 def msflow(
@@ -321,71 +127,114 @@ def msflow(
     options used.
     """
     context = task_context(op, task_family, noise_std)
-    family = context.family
     prob = model_problem(y, op, prior, noise_std)
-    o = resolve_options("msflow", GENERIC, prior, context, shooting=shooting,
-                        segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
-                        mu_growth=mu_growth)
-    mu_noisy, mu_noiseless = o.pop("mu_noisy"), o.pop("mu_noiseless")
-    if mu is None:
-        mu = mu_noisy if prob.noise_std > 0 else mu_noiseless
-    shooting, segment_steps, iters = o["shooting"], o["segment_steps"], o["iters"]
-    lam, init, eta, mu_growth = o["lam"], o["init"], o["eta"], o["mu_growth"]
-    _check_options(shooting, segment_steps, iters, mu, lam, init, eta, mu_growth, backtracks)
+    o, mu = _options(prior, context, prob.noise_std, mu, backtracks, shooting=shooting,
+                     segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
+                     mu_growth=mu_growth)
     sigma = data_sigma(prob.y, prob.noise_std)
-    st = _Stitching(prior, op, prob.y, sigma, float(mu), float(lam), int(shooting),
-                    int(segment_steps))
-    mu_cap = float(mu_max) if mu_max is not None else float("inf")
+    st = Stitching(prior, op, prob.y, sigma, float(mu), float(o["lam"]), int(o["shooting"]),
+                   int(o["segment_steps"]))
+    budget = _Budget(prior, nfe, st, o["init"])
+    x = _initial_image(st, y, prob, noise_std, seed, context.family, o["init"])
+    z = initial_states(st, x, o["init"], seed)
+    phi = st.flow(z, list(range(st.K)))
     stats = {"jf_tried": 0, "jf_accepted": 0, "grad_tried": 0, "grad_accepted": 0}
     history: dict[str, list[float]] = {"objective": [], "data": [], "reg": [], "match": [],
                                        "mu": [], "nfe": []}
-    # x_init: the regularised pseudo-inverse argmin ‖Ax−y‖²/(2σ²) + (μ/2)‖x‖² (→ A⁺y as σ → 0)
-    zero = torch.zeros(*prob.y.shape[:2], *op.in_shape, dtype=prob.y.dtype, device=prob.y.device)
-    setup = st.M * (1 + {"inverse": st.K, "noise": 0, "rollout": st.K - 1,
-                         "conjugate": st.K}[init])
-    setup += WARM_START_NFE if init == "conjugate" else 0
-    if nfe is not None and int(nfe) < setup:
-        raise MethodError(f"msflow needs nfe >= {setup} for its set-up (K = {st.K}, "
-                          f"M = {st.M}, init {init!r}), got {nfe}")
-    cap = float("inf") if nfe is None else float(nfe)
-    nfe0 = prior.nfe  # evaluations are counted from here
-
-    def room() -> float:
-        return cap - (prior.nfe - nfe0)
-
-    if init == "conjugate":
-        x = warm_start(y, op, prior, noise_std, seed, family).to(prob.y.dtype)
-    else:
-        x = prox_data(op, prob.y, zero, sigma, st.mu, tol=1e-6, maxiter=200)
-    z = _initial_states(st, x, init, seed)
-    phi = st.flow(z, list(range(st.K)))
-
-    def record() -> None:
-        p = st.parts(z, phi, x)
-        for key in ("data", "reg", "match"):
-            history[key].append(float(p[key].sum()))
-        history["objective"].append(history["data"][-1] + history["reg"][-1]
-                                    + history["match"][-1])
-        history["mu"].append(st.mu)
-        history["nfe"].append(prior.nfe - nfe0)
-
-    record()
+    _record(history, st, z, phi, x, budget.used())
+    mu_cap = float(mu_max) if mu_max is not None else float("inf")
     last_cost = 0
-    for _ in tqdm(range(iters), disable=not progress, desc="msflow", leave=False):
-        if last_cost > room():
+    for _ in tqdm(range(o["iters"]), disable=not progress, desc="msflow", leave=False):
+        if last_cost > budget.room():
             break  # the next iteration, at the last one's cost, would exceed the budget
         before = prior.nfe
-        if mu_growth != 1.0 and len(history["objective"]) > 1:
-            st.mu = min(st.mu * mu_growth, mu_cap)
-        phi_last_old = phi[-1].clone()
-        for colour in (0, 1):
-            ks = list(range(colour, st.K, 2))
-            if ks:
-                _update_colour(st, z, phi, x, ks, eta, backtracks, stats, room)
-        x = _prox_step(st, x, phi[-1], phi_last_old, cg_tol, cg_iters)
-        record()
+        if o["mu_growth"] != 1.0 and len(history["objective"]) > 1:
+            st.mu = min(st.mu * o["mu_growth"], mu_cap)
+        x = _iteration(st, z, phi, x, o["eta"], backtracks, stats, budget, cg_tol, cg_iters)
+        _record(history, st, z, phi, x, budget.used())
         last_cost = prior.nfe - before
+    info = _info(st, z, phi, x, history, stats, {**o, "mu": float(mu)})
+    return SolverOutput(image=prob.to_physical(x), nfe=budget.used(), info=info)
 
+
+def _options(prior: Prior, context: TaskContext, noise_std: float, mu: float | None,
+             backtracks: int, **given: Any) -> tuple[dict[str, Any], float]:
+    """The resolved options (generic defaults < presets < ``given``) and μ (the family's
+    ``mu_noisy`` or ``mu_noiseless`` unless given), checked."""
+    o = resolve_options("msflow", GENERIC, prior, context, **given)
+    mu_noisy, mu_noiseless = o.pop("mu_noisy"), o.pop("mu_noiseless")
+    if mu is None:
+        mu = mu_noisy if noise_std > 0 else mu_noiseless
+    _check_options(o["shooting"], o["segment_steps"], o["iters"], mu, o["lam"], o["init"],
+                   o["eta"], o["mu_growth"], backtracks)
+    return o, mu
+
+
+class _Budget:
+    """Network evaluations counted from construction, against an optional budget ``nfe``
+    (MethodError if it cannot pay the set-up: M·(1 + states to build) evaluations, plus
+    the warm start's for init "conjugate")."""
+
+    def __init__(self, prior: Prior, nfe: int | None, st: Stitching, init: str):
+        setup = st.M * (1 + {"inverse": st.K, "noise": 0, "rollout": st.K - 1,
+                             "conjugate": st.K}[init])
+        setup += WARM_START_NFE if init == "conjugate" else 0
+        if nfe is not None and int(nfe) < setup:
+            raise MethodError(f"msflow needs nfe >= {setup} for its set-up (K = {st.K}, "
+                              f"M = {st.M}, init {init!r}), got {nfe}")
+        self.prior = prior
+        self.cap = float("inf") if nfe is None else float(nfe)
+        self.start = prior.nfe
+
+    def used(self) -> int:
+        return self.prior.nfe - self.start
+
+    def room(self) -> float:
+        """Evaluations left."""
+        return self.cap - self.used()
+
+
+def _initial_image(st: Stitching, y: torch.Tensor, prob: ModelProblem,
+                   noise_std: float | None, seed: int, family: str | None,
+                   init: str) -> torch.Tensor:
+    """x_init: the C-ΠGFM warm start (init "conjugate"), else the regularised
+    pseudo-inverse argmin ‖Ax−y‖²/(2σ²) + (μ/2)‖x‖² (→ A⁺y as σ → 0)."""
+    if init == "conjugate":
+        return warm_start(y, st.op, st.prior, noise_std, seed, family).to(prob.y.dtype)
+    zero = torch.zeros(*prob.y.shape[:2], *st.op.in_shape, dtype=prob.y.dtype,
+                       device=prob.y.device)
+    return prox_data(st.op, prob.y, zero, st.sigma, st.mu, tol=1e-6, maxiter=200)
+
+
+def _iteration(st: Stitching, z: torch.Tensor, phi: torch.Tensor, x: torch.Tensor,
+               eta: float, backtracks: int, stats: dict[str, int], budget: _Budget,
+               cg_tol: float, cg_iters: int) -> torch.Tensor:
+    """One outer iteration: step (i) on the even blocks, then the odd ones (z and phi in
+    place), then step (ii); returns the new image."""
+    phi_last_old = phi[-1].clone()
+    for colour in (0, 1):
+        ks = list(range(colour, st.K, 2))
+        if ks:
+            update_colour(st, z, phi, x, ks, eta, backtracks, stats, budget.room)
+    return prox_step(st, x, phi[-1], phi_last_old, cg_tol, cg_iters)
+
+
+def _record(history: dict[str, list[float]], st: Stitching, z: torch.Tensor,
+            phi: torch.Tensor, x: torch.Tensor, nfe: int) -> None:
+    """Append F, its three parts (summed over images), μ and the evaluations so far."""
+    p = st.parts(z, phi, x)
+    for key in ("data", "reg", "match"):
+        history[key].append(float(p[key].sum()))
+    history["objective"].append(history["data"][-1] + history["reg"][-1]
+                                + history["match"][-1])
+    history["mu"].append(st.mu)
+    history["nfe"].append(nfe)
+
+
+def _info(st: Stitching, z: torch.Tensor, phi: torch.Tensor, x: torch.Tensor,
+          history: dict[str, list[float]], stats: dict[str, int],
+          options: dict[str, Any]) -> dict[str, Any]:
+    """The run record returned in ``SolverOutput.info``."""
     nxt = torch.cat([z[1:], x[None]], 0)
     defects = [float((nxt[k] - phi[k]).pow(2).mean().sqrt()) for k in range(st.K)]
     info: dict[str, Any] = {
@@ -394,13 +243,13 @@ def msflow(
         "steps": stats,
         "defects_rms": defects,
         "z0": z[0].clone(),
-        "sigma": sigma,
+        "sigma": st.sigma,
         "euler_steps": st.K * st.M,
-        "options": {**o, "mu": float(mu)},
+        "options": options,
     }
     if x.is_cuda:
         info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(x.device)
-    return SolverOutput(image=prob.to_physical(x), nfe=prior.nfe - nfe0, info=info)
+    return info
 
 
 def _check_options(shooting: int, segment_steps: int, iters: int, mu: float, lam: float,

@@ -131,7 +131,7 @@ def _euler(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float |
             px1 = P(x1)
             target = data.at(px1, t)
             resid = target - px1
-            guide = resid + (1 - t) * vjp(resid) if jac else resid
+            guide = resid + (1 - t) * vjp(resid) if vjp is not None else resid
             x = x + dt * (v + weight(t) * guide)
             steps.append({"t": t, "weight": weight(t),
                           "residual": float(resid.norm() / target.norm().clamp_min(1e-12))})
