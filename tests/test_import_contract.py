@@ -65,7 +65,6 @@ OWN_ATOMIC_WRITES = {
     "ctflow/io/atomic.py": "the helper itself",
     "operators/cache_entries.py": "operators/ imports nothing from ctflow: its one atomic write",
     "ctflow/node/spool.py": "moves a series folder into dropped/, not a new output",
-    "ctflow/priors/datasets.py": "pending: the phantom pool cache, to use atomic_file",
 }
 _RENAMES = {("os", "replace"), ("os", "rename"), ("os", "renames"), ("shutil", "move"),
             ("tempfile", "mkstemp"), ("tempfile", "NamedTemporaryFile")}

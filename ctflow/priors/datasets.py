@@ -71,12 +71,12 @@ def phantom_pool(size: int, length: int, split: str = "train", progress: bool = 
     items = tqdm(items, total=length, desc=f"phantoms {split} {size}²", disable=not progress)
     pool = _stack(items, size, f"phantoms v{PHANTOM_VERSION}")
     if cache is not None:
+        from ..io.atomic import atomic_file
+
         cache = Path(cache)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_file(cache, overwrite=True) as tmp, open(tmp, "wb") as fh:
             np.save(fh, pool.numpy())
-        os.replace(tmp, cache)
     return pool
 
 

@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,66 +37,11 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InputError
-from ..units import MU_WATER_PER_MM
 from .checkpoint import save_checkpoint
-from .datasets import HU_MAX, HU_MIN, SOURCES, load_pool, phantom_pool, random_shift, realct_pool
+from .datasets import load_pool, phantom_pool, random_shift, realct_pool
+from .train_config import TrainConfig, check_config, make_config, prior_config, realct_sizes
 from .train_state import load_train_state, save_train_state
-from .unet import TIME_SCALE, build_unet, count_parameters, unet_config, velocity_net_forward
-
-
-@dataclass
-class TrainConfig:
-    """Options of :func:`train` (also the ``ctflow train`` flags)."""
-
-    out_dir: str = "runs/prior"
-    name: str = "prior"
-    image_size: int = 64
-    net: str = "small"  # preset of ctflow.priors.unet.PRESETS
-    source: str = "phantoms"  # phantoms | dicom | hdf5 | realct (datasets.SOURCES)
-    data_path: str | None = None
-    pool_size: int = 10000  # phantoms and realct (augmented crops)
-    val_size: int = 64  # phantoms and realct: held-out "val" split for the validation loss
-    min_crop: int = 64  # realct: smallest crop side, in pool pixels (sets the largest size served)
-    init_from: str | None = None  # a prior (name or path) whose weights start the run
-    steps: int = 10000
-    batch_size: int = 32  # per process
-    lr: float = 2e-4
-    warmup: int = 200
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    ot_coupling: bool = False
-    max_shift: int = 0  # random translation augmentation, pixels
-    seed: int = 0
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    device: str = "auto"
-    threads: int | None = None
-    log_every: int = 50
-    ckpt_every: int = 500
-    max_minutes: float | None = None
-    resume: bool = False
-    progress: bool = True
-    command: str = ""
-
-
-def make_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
-    if isinstance(config, TrainConfig):
-        return config
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise InputError(f"unknown training option(s): {', '.join(unknown)}")
-    return TrainConfig(**config)
-
-
-def _check(cfg: TrainConfig) -> None:
-    if cfg.image_size < 8 or cfg.batch_size < 1 or cfg.steps < 0:
-        raise InputError("image_size ≥ 8, batch_size ≥ 1 and steps ≥ 0 are required")
-    if not (0.0 <= cfg.ema_decay < 1.0) or cfg.lr <= 0 or cfg.grad_clip <= 0:
-        raise InputError("need 0 ≤ ema_decay < 1, lr > 0 and grad_clip > 0")
-    if cfg.source not in SOURCES:
-        raise InputError(f"unknown data source {cfg.source!r}; choose one of "
-                         f"{', '.join(SOURCES)}")
+from .unet import build_unet, count_parameters, unet_config, velocity_net_forward
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -186,64 +131,6 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def prior_config(cfg: TrainConfig, unet: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """The JSON config of the EMA prior checkpoint of a run."""
-    data: dict[str, Any] = {"source": cfg.source}
-    if cfg.source == "phantoms":
-        from ..phantoms import KINDS, PHANTOM_VERSION
-
-        data.update(split="train", pool_size=cfg.pool_size, kinds=list(KINDS),
-                    phantom_version=PHANTOM_VERSION)
-    elif cfg.source == "realct":
-        from ..realct import ATTRIBUTION, VALIDATION_PATIENTS, pool_slices
-
-        data.update(split="train", pool_size=cfg.pool_size,
-                    patients=sorted({s.patient for s in pool_slices("train", cfg.data_path)}),
-                    held_out_patients=sorted(VALIDATION_PATIENTS),
-                    augmentation=f"multi-scale square crops ({cfg.min_crop} px to the full "
-                                 f"slice), left-right flips, intensity scale 1 ± 0.03",
-                    attribution=ATTRIBUTION)
-    else:
-        data["path_name"] = Path(cfg.data_path or "").name
-    import diffusers
-
-    sizes = {"sizes": realct_sizes(cfg, unet)} if cfg.source == "realct" else {}
-    return {
-        "name": cfg.name,
-        "image_size": cfg.image_size,
-        **sizes,
-        "unet": unet,
-        "normalisation": {"scale": 1.0 / MU_WATER_PER_MM, "offset": -1.0,
-                          "mu_water": MU_WATER_PER_MM, "model_space": "HU/1000",
-                          "hu_clip": [HU_MIN, HU_MAX]},
-        "time": {"convention": "t=0 noise, t=1 data; x_t = t*x1 + (1-t)*z",
-                 "timestep_scale": TIME_SCALE},
-        "weights": "ema",
-        "training": {
-            "data": data, "net": cfg.net, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "warmup": cfg.warmup, "weight_decay": cfg.weight_decay,
-            "ema_decay": cfg.ema_decay, "grad_clip": cfg.grad_clip,
-            "ot_coupling": cfg.ot_coupling, "max_shift": cfg.max_shift, "seed": cfg.seed,
-            "init_from": cfg.init_from, "command": cfg.command, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, **info,
-        },
-    }
-
-
-def realct_sizes(cfg: TrainConfig, unet: dict[str, Any]) -> dict[str, int]:
-    """The sizes a prior trained on multi-scale real-CT crops serves: a crop of c pool
-    pixels (pool slices are POOL_WIDTH² over the whole field of view) shown at image_size²
-    has the pixel scale of a whole slice at POOL_WIDTH·image_size/c, so crops from
-    ``min_crop`` to the whole slice cover sizes image_size … POOL_WIDTH·image_size/min_crop
-    (multiples of the network's down-sampling factor)."""
-    from ..realct import POOL_WIDTH
-
-    step = 2 ** (len(unet["block_out_channels"]) - 1)
-    largest = POOL_WIDTH * cfg.image_size // max(1, min(cfg.min_crop, POOL_WIDTH))
-    largest = max(cfg.image_size, largest // step * step)
-    return {"min": cfg.image_size, "max": int(largest), "multiple_of": int(step)}
-
-
 class _StopFlag:
     """Set by SIGTERM/SIGINT so the loop can write a checkpoint and return."""
 
@@ -273,7 +160,7 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     {step, loss, lr, val_loss, seconds}), ``parameters``, ``checkpoint`` (EMA prior stem).
     """
     cfg = make_config(config)
-    _check(cfg)
+    check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world, device = _distributed(cfg)
@@ -281,13 +168,44 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     _barrier(world)
+    run = _start(cfg, run_dir, device)
+    pool, val = _data(cfg, run_dir, rank, world)
+    run.model = run.net
+    if world > 1:
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.net, device_ids=[device.index] if device.type == "cuda" else None)
+    last_loss, last_val, wall = _loop(cfg, run, pool, val, run_dir, rank, world, device)
+    if world > 1:
+        dist.destroy_process_group()
+    return {"run_dir": str(run_dir), "steps": run.step, "final_loss": last_loss,
+            "val_loss": last_val, "wall_seconds": wall, "history": run.history,
+            "parameters": count_parameters(run.net), "checkpoint": str(run_dir / "ema"),
+            "world_size": world}
 
+
+@dataclass
+class _Run:
+    """The mutable state of a run: networks, optimiser, step, history, time so far."""
+
+    unet: dict[str, Any]
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    step: int = 0
+    wall_before: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: torch.nn.Module | None = None
+
+
+def _start(cfg: TrainConfig, run_dir: Path, device: torch.device) -> _Run:
+    """A fresh network (seeded), its EMA copy and optimiser; from ``init_from``'s weights
+    when fine-tuning, and from the run folder's state when resuming."""
     unet = unet_config(cfg.image_size, cfg.net)
     torch.manual_seed(cfg.seed)
     net = build_unet(unet).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, wall_before, history = 0, 0.0, []
+    run = _Run(unet, net, ema, opt)
     if cfg.init_from:  # fine-tuning: start from a trained prior's weights (same network)
         from .registry import load_prior
 
@@ -300,8 +218,14 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     if cfg.resume:
         state = load_train_state(run_dir, net, ema, opt, unet)
         if state is not None:
-            step, wall_before, history = state["step"], state["wall_seconds"], state["history"]
+            run.step, run.wall_before = state["step"], state["wall_seconds"]
+            run.history = state["history"]
+    return run
 
+
+def _data(cfg: TrainConfig, run_dir: Path, rank: int, world: int
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training pool (every rank) and the validation batch (rank 0)."""
     cache = run_dir / f"pool_{cfg.image_size}_{cfg.pool_size}.npy"
     if rank == 0 or cfg.source != "phantoms":
         pool = load_pool(cfg.source, cfg.image_size, cfg.pool_size, cfg.data_path,
@@ -316,86 +240,98 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     if cfg.source == "realct" and cfg.val_size > 0 and rank == 0:  # held-out patients
         val = realct_pool(cfg.image_size, cfg.val_size, "val", cfg.data_path, seed=1,
                           min_crop=cfg.min_crop)
+    return pool, val
 
-    model: torch.nn.Module = net
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+
+def _step(cfg: TrainConfig, run: _Run, pool: torch.Tensor, rank: int,
+          device: torch.device) -> float:
+    """One optimiser step on the batch of (seed, rank, step); returns its loss."""
+    gen = step_generator(cfg.seed, rank, run.step)
+    xt, t, target = cfm_batch(pool, cfg.batch_size, gen, cfg.ot_coupling, cfg.max_shift)
+    xt, t, target = xt.to(device), t.to(device), target.to(device)
     autocast = device.type == "cuda" and cfg.amp
+    assert run.model is not None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        v = velocity_net_forward(run.model, xt, t)
+    loss = (v.float() - target).square().mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+    for group in run.opt.param_groups:
+        group["lr"] = learning_rate(cfg, run.step)
+    run.opt.step()
+    ema_update(run.ema, run.net, cfg.ema_decay, run.step)
+    run.step += 1
+    return float(loss.detach())
 
-    def save(loss: float, val_loss: float | None) -> None:
-        if rank != 0:
-            return
-        wall = wall_before + time.perf_counter() - start
-        save_train_state(run_dir, net, ema, opt,
-                         {"step": step, "wall_seconds": wall, "history": history,
-                          "unet": unet, "config": asdict(cfg)})
-        info = {"steps": step, "world_size": world, "wall_seconds": round(wall, 1),
-                "final_loss": loss, "val_loss": val_loss, "device": str(device.type)}
-        save_checkpoint(run_dir / "ema", ema.state_dict(), prior_config(cfg, unet, info))
 
+def _loop(cfg: TrainConfig, run: _Run, pool: torch.Tensor, val: torch.Tensor | None,
+          run_dir: Path, rank: int, world: int, device: torch.device
+          ) -> tuple[float, float | None, float]:
+    """Steps until ``cfg.steps``, the deadline or a stop signal, logging every
+    ``log_every`` steps and checkpointing every ``ckpt_every``; returns (last loss, last
+    validation loss, wall seconds over all sessions)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.name}", dynamic_ncols=True,
-               disable=not (cfg.progress and rank == 0))
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.name}",
+               dynamic_ncols=True, disable=not (cfg.progress and rank == 0))
     start = time.perf_counter()
     deadline = math.inf if cfg.max_minutes is None else start + 60 * cfg.max_minutes
     losses: list[float] = []
-    last_loss = history[-1]["loss"] if history else math.nan
-    last_val = history[-1].get("val_loss") if history else None
-    net.train()
+    last_loss = run.history[-1]["loss"] if run.history else math.nan
+    last_val = run.history[-1].get("val_loss") if run.history else None
+    run.net.train()
     with _StopFlag() as flag:
-        while step < cfg.steps:
-            gen = step_generator(cfg.seed, rank, step)
-            xt, t, target = cfm_batch(pool, cfg.batch_size, gen, cfg.ot_coupling,
-                                      cfg.max_shift)
-            xt, t, target = xt.to(device), t.to(device), target.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                v = velocity_net_forward(model, xt, t)
-            loss = (v.float() - target).square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step)
-            opt.step()
-            ema_update(ema, net, cfg.ema_decay, step)
-            step += 1
-            losses.append(float(loss.detach()))
+        while run.step < cfg.steps:
+            losses.append(_step(cfg, run, pool, rank, device))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            stopping = flag.stop or time.perf_counter() > deadline or step == cfg.steps
+            stopping = flag.stop or time.perf_counter() > deadline or run.step == cfg.steps
             if world > 1:  # every rank must take the same decision (collectives follow)
                 agree = torch.tensor(float(stopping), device=device)
                 dist.all_reduce(agree, op=dist.ReduceOp.MAX)
                 stopping = bool(agree > 0)
-            if step % cfg.log_every == 0 or stopping:
-                mean = torch.tensor(float(np.mean(losses)), device=device)
-                if world > 1:
-                    dist.all_reduce(mean)
-                    mean /= world
-                last_loss = float(mean)
-                at_ckpt = step % cfg.ckpt_every == 0 or stopping
-                last_val = (validation_loss(ema, val, device)
+            if run.step % cfg.log_every == 0 or stopping:
+                last_loss = _mean_loss(losses, world, device)
+                at_ckpt = run.step % cfg.ckpt_every == 0 or stopping
+                last_val = (validation_loss(run.ema, val, device)
                             if val is not None and at_ckpt else None)
-                history.append({"step": step, "loss": last_loss,
-                                "lr": learning_rate(cfg, step - 1), "val_loss": last_val,
-                                "seconds": round(wall_before + time.perf_counter() - start, 1)})
-                _append_log(run_dir / "log.csv", history[-1], rank)
+                run.history.append({"step": run.step, "loss": last_loss,
+                                    "lr": learning_rate(cfg, run.step - 1), "val_loss": last_val,
+                                    "seconds": round(run.wall_before + time.perf_counter()
+                                                     - start, 1)})
+                _append_log(run_dir / "log.csv", run.history[-1], rank)
                 losses = []
-            if step % cfg.ckpt_every == 0 or stopping:
-                save(last_loss, last_val)
+            if run.step % cfg.ckpt_every == 0 or stopping:
+                _save(cfg, run, run_dir, rank, world, device, start, last_loss, last_val)
                 _barrier(world)
             if stopping:
                 break
     bar.close()
-    wall = wall_before + time.perf_counter() - start
+    return last_loss, last_val, run.wall_before + time.perf_counter() - start
+
+
+def _mean_loss(losses: list[float], world: int, device: torch.device) -> float:
+    """The mean training loss of the interval, averaged over ranks."""
+    mean = torch.tensor(float(np.mean(losses)), device=device)
     if world > 1:
-        dist.destroy_process_group()
-    return {"run_dir": str(run_dir), "steps": step, "final_loss": last_loss,
-            "val_loss": last_val, "wall_seconds": wall, "history": history,
-            "parameters": count_parameters(net), "checkpoint": str(run_dir / "ema"),
-            "world_size": world}
+        dist.all_reduce(mean)
+        mean /= world
+    return float(mean)
+
+
+def _save(cfg: TrainConfig, run: _Run, run_dir: Path, rank: int, world: int,
+          device: torch.device, start: float, loss: float, val_loss: float | None) -> None:
+    """Rank 0: the resumable training state and the EMA prior checkpoint."""
+    if rank != 0:
+        return
+    wall = run.wall_before + time.perf_counter() - start
+    save_train_state(run_dir, run.net, run.ema, run.opt,
+                     {"step": run.step, "wall_seconds": wall, "history": run.history,
+                      "unet": run.unet, "config": asdict(cfg)})
+    info = {"steps": run.step, "world_size": world, "wall_seconds": round(wall, 1),
+            "final_loss": loss, "val_loss": val_loss, "device": str(device.type)}
+    save_checkpoint(run_dir / "ema", run.ema.state_dict(), prior_config(cfg, run.unet, info))
 
 
 def _append_log(path: Path, row: dict[str, Any], rank: int) -> None:
@@ -407,3 +343,8 @@ def _append_log(path: Path, row: dict[str, Any], rank: int) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+__all__ = ["TrainConfig", "cfm_batch", "ema_update", "learning_rate", "make_config",
+           "ot_pairing", "prior_config", "realct_sizes", "step_generator", "train",
+           "validation_loss"]
