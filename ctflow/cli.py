@@ -34,7 +34,7 @@ from . import __version__
 from .errors import CtflowError
 from .io.atomic import commit_mark, protect_inputs, written_since
 
-COMMANDS = ("simulate", "reconstruct", "info", "train", "bench")
+COMMANDS = ("simulate", "reconstruct", "info", "train", "bench", "study", "send", "serve")
 GLOBAL_FLAGS = ("--debug",)
 MESSAGE_CHARS = 400  # an unexpected exception's message is cut to this length
 
@@ -168,10 +168,23 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a record is emitted (not
+    the stream of the first call: tests and embedding programs swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _show_progress_messages() -> None:
     """Informational messages of ctflow's libraries (e.g. a one-off projector build) go to
     stderr as ``ctflow: ...`` lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("ctflow: %(message)s"))
     logger = logging.getLogger("ctflow")  # the operators' loggers are ctflow.operators.*
     if not logger.handlers:

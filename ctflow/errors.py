@@ -19,3 +19,7 @@ class PriorError(CtflowError, ValueError):
 
 class MethodError(CtflowError, ValueError):
     """An unknown reconstruction method or an invalid option for it."""
+
+
+class NetworkError(CtflowError, ConnectionError):
+    """A DICOM peer is unreachable, refuses the association, or did not store everything."""

@@ -260,6 +260,8 @@ def test_image_sizes_from_config():
                                    "sizes": {"min": 64, "max": 512, "multiple_of": 8}})
     assert [free.supports(n) for n in (64, 128, 256, 512, 100, 56, 520)] == \
         [True, True, True, True, False, False, False]
+    assert [free.nearest(n) for n in (100, 600, 40, 128)] == [96, 512, 64, 128]
+    assert fixed.nearest(100) == 64
     for bad in ({"min": 128, "max": 512, "multiple_of": 8},   # excludes image_size
                 {"min": 64, "max": 500, "multiple_of": 8},    # max not a multiple
                 {"min": 64, "max": 512},                      # missing key

@@ -36,6 +36,14 @@ class ImageSizes:
         return (f"{self.minimum}²–{self.maximum}² images (multiples of {self.multiple_of}; "
                 f"trained at {self.native}²)")
 
+    def nearest(self, size: int) -> int:
+        """``size`` if served, else the largest served size below it (the native size when
+        none is): the size to resample an image to for this prior."""
+        if self.supports(size):
+            return int(size)
+        below = min(size, self.maximum) // self.multiple_of * self.multiple_of
+        return below if below >= self.minimum and self.supports(below) else self.native
+
     @classmethod
     def fixed(cls, size: int) -> ImageSizes:
         return cls(size, size, size, 1)
