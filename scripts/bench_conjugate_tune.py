@@ -50,7 +50,9 @@ def tune(args, prior, images: list[np.ndarray], solve: Solve) -> dict[str, Any]:
     grid_log: list[dict[str, Any]] = []
     chosen: list[dict[str, Any]] = []
     for family in args.tune_families:
-        task = get_task({**FAMILY_TASK, **EXTRA_FAMILY_TASK}[family])
+        tasks = {**FAMILY_TASK, **EXTRA_FAMILY_TASK, "ct": args.tune_ct_task,
+                 "ct-noisy": args.tune_ct_noisy_task}
+        task = get_task(tasks[family])
         mask = FAMILY_MASK.get(family)
         problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
         noisy = task.noisy

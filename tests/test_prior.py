@@ -275,7 +275,7 @@ def test_default_prior_is_size_agnostic():
     """The shipped real-anatomy prior serves 64²–512² with one network; its velocity at
     128² is finite and it samples at a size other than the trained one."""
     prior = ctflow.load_prior("default")
-    assert prior.image_size == 64 and prior.supports_size(128) and prior.supports_size(256)
+    assert prior.image_size == 64 and prior.supports_size(128) and prior.supports_size(512)
     assert not ctflow.load_prior("phantom-64").supports_size(128)
     x = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(0))
     v = prior.velocity(x, 0.5)
