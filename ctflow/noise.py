@@ -5,7 +5,7 @@ Two estimators of the standard deviation σ of white measurement noise η in y =
 * **range residual** (over-determined geometries with an exact pseudo-inverse): the part of
   y outside range(A) is pure noise, r = y − A A⁺y = (I − U_r U_rᵀ) η, so
   E‖r‖² = σ² (m − rank) and σ̂ = ‖r‖ / √(m − rank).  Used when m − rank ≥ MIN_DOF_FRACTION·m
-  and the operator's projector is the exact truncated SVD.
+  and the operator's projector is exact (the truncated SVD or the symmetric route).
 * **detector second differences** (always available): along the detector axis,
   d_j = (y_{j−1} − 2 y_j + y_{j+1}) / √6 has std σ for white noise, while a sinogram is
   smooth there except at a few edges, which the median ignores:
@@ -43,10 +43,11 @@ class NoiseEstimate:
 def residual_std(y: torch.Tensor, op) -> NoiseEstimate | None:
     """‖y − A A⁺y‖ / √(m − rank), or None when the geometry leaves too few degrees of freedom
     or the operator has no exact SVD projector."""
-    if getattr(op, "projection_method", None) != "svd":
+    route = getattr(op, "projection_method", None)
+    if route not in ("svd", "sym"):
         return None
     m = math.prod(op.out_shape)
-    dof = m - int(op.svd().rank)
+    dof = m - int((op.svd() if route == "svd" else op.sym()).rank)
     if dof < MIN_DOF_FRACTION * m:
         return None
     with torch.no_grad():

@@ -59,7 +59,8 @@ class TruncatedSVD:
             np.zeros((n, 0)) if tail_vectors is None else tail_vectors, dtype=np.float32)
         self.tail_values = np.ascontiguousarray(
             np.zeros(0) if tail_values is None else tail_values, dtype=np.float64)
-        self._copies: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
+        self._copies: dict[tuple[torch.device, torch.dtype, bool],
+                           tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def rank(self) -> int:

@@ -283,7 +283,7 @@ def test_warm_projector_builds_every_factor_copy_the_solvers_use(private_cache):
     from ctflow.bench import warm_projector
     from ctflow.operators import ParallelBeam2D
 
-    op = ParallelBeam2D(image_size=16, views=12)
+    op = ParallelBeam2D(image_size=16, views=12, projection="svd")
     warm_projector(op)
     copies = set(op.svd()._copies)
     cpu = torch.device("cpu")
