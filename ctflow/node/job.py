@@ -37,7 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
+
+try:  # Python ≥ 3.11; tomli is the same parser for 3.10
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from ..errors import InputError
 
