@@ -58,7 +58,8 @@ def reconstruct(
     ``noise_std`` is the standard deviation of y's noise.  None on CT data with a flow
     method: estimated from the measurements (``ctflow.noise.estimate_noise_std``; 0 when
     they look noiseless) and reported in ``info["noise_std_estimated"]`` and
-    ``info["notes"]``; None elsewhere: treated as noiseless.
+    ``info["notes"]``, unless the method is given ``photons`` (pre-log Poisson weights; the
+    level then comes from the counts); None elsewhere: treated as noiseless.
     ``nfe`` is the network-evaluation budget of the step-based flow samplers; other options
     go to the method (see its docstring).
     ``samples`` = K > 1 (flow methods): K posterior samples per image, run as one batch
@@ -90,8 +91,9 @@ def reconstruct(
         raise MethodError(f"method {method!r} takes no option(s) {', '.join(unknown)}")
     start = time.perf_counter()
     y, op, screened = screen(y, op, consistency, method)
-    estimated = None
-    if spec.needs_prior and noise_std is None and getattr(op, "family", None) == "ct":
+    estimated = None  # with photons the solver takes the noise level from the counts
+    if spec.needs_prior and noise_std is None and getattr(op, "family", None) == "ct" \
+            and options.get("photons") is None:
         estimated = estimate_noise_std(y, op)
         noise_std = estimated.sigma or None
     batch = y.repeat_interleave(samples, dim=0) if samples > 1 else y

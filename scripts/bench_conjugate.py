@@ -328,10 +328,12 @@ def _tune_arguments(p: argparse.ArgumentParser) -> None:
                    help="families tuned; inpainting-random (the scattered-mask records) only "
                         "when named (default: %(default)s)")
     p.add_argument("--tune-ct-task", default=FAMILY_TASK["ct"],
-                   help="validation task of the noiseless CT records (default: %(default)s; "
-                        "ct30 where 60 views are over-determined)")
+                   help="validation task(s) of the noiseless CT records, comma-separated: scores "
+                        "averaged (default: %(default)s; ct30 where 60 views are "
+                        "over-determined)")
     p.add_argument("--tune-ct-noisy-task", default=FAMILY_TASK["ct-noisy"],
-                   help="validation task of the noisy CT records (default: %(default)s)")
+                   help="validation task(s) of the noisy CT records, comma-separated: scores "
+                        "averaged (default: %(default)s)")
     p.add_argument("--tune-out", help="write the tuning result (JSON: grid scores and chosen "
                                       "settings) here, input of --write-defaults "
                                       "(default: none)")

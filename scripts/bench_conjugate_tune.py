@@ -52,9 +52,13 @@ def tune(args, prior, images: list[np.ndarray], solve: Solve) -> dict[str, Any]:
     for family in args.tune_families:
         tasks = {**FAMILY_TASK, **EXTRA_FAMILY_TASK, "ct": args.tune_ct_task,
                  "ct-noisy": args.tune_ct_noisy_task}
-        task = get_task(tasks[family])
+        names_ = str(tasks[family]).split(",")  # several tasks: scores averaged over all
+        family_tasks = [get_task(n) for n in names_]
+        task = family_tasks[0]
+        task_name = ",".join(names_)
         mask = FAMILY_MASK.get(family)
-        problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
+        problems = [t.problem(img, seed=i) for t in family_tasks
+                    for i, img in enumerate(images)]
         noisy = task.noisy
         for label in args.tune_methods:
             method, jac, names = TUNE_VARIANTS[label]
@@ -74,7 +78,7 @@ def tune(args, prior, images: list[np.ndarray], solve: Solve) -> dict[str, Any]:
                     score = (float(np.mean([v["psnr"] for v in vals]))
                              if all(v is not None for v in vals) else float("-inf"))
                     grid_log.append({"variant": label, "family": task.family,
-                                     "task": task.name, "size": args.size, "noisy": noisy,
+                                     "task": task_name, "size": args.size, "noisy": noisy,
                                      **({"mask": mask} if mask else {}),
                                      "nfe": nfe, **opts,
                                      "psnr_val": round(score, 3)})
@@ -83,7 +87,7 @@ def tune(args, prior, images: list[np.ndarray], solve: Solve) -> dict[str, Any]:
                     if best is None or score > best[0]:
                         best = (score, opts)
                 assert best is not None
-                chosen.append({"method": method, "family": task.family, "task": task.name,
+                chosen.append({"method": method, "family": task.family, "task": task_name,
                                "size": args.size,
                                "jacobian": jac, "nfe": nfe, **best[1],
                                "psnr_val": round(best[0], 3),

@@ -23,9 +23,13 @@ Output formats (by OUT's extension, or --format):
   .png          8-bit image windowed by --window, slices side by side
   dicom         a folder holding a CT series (no extension, or --format dicom);
                 --reference SERIES_DIR copies patient, study and frame of reference
+                (--reference-series picks one series of a folder holding several)
 Slices are reconstructed one by one (seed SEED+i for slice i).  The sinogram noise std
-is taken from the file (attribute noise_std) unless --noise-std is given.  When the file
-holds a ground truth /image, PSNR, SSIM and RMSE (HU) are printed per slice and averaged.
+is taken from the file (attribute noise_std) unless --noise-std is given; methods with a
+photons option (tv, mbir, conjugate, pigfm, otode, msflow, ...) get the file's photons
+attribute, i.e. pre-log Poisson weights, unless --opt photons=N (null: unweighted).
+When the file holds a ground truth /image, PSNR, SSIM and RMSE (HU) are printed per slice
+and averaged.
 
 examples:
   ctflow reconstruct sino.h5 --method fbp -o recon.png
@@ -67,11 +71,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="reconstruction method (default: fbp; methods and their options "
                    "below)")
     p.add_argument("--prior", default="default",
-                   help="prior name or checkpoint path for the flow methods; its image size "
-                   "must match the sinogram's (default: default; shipped priors below)")
+                   help="prior name or checkpoint path for the flow methods; it must serve "
+                   "the sinogram's image size (default: default; shipped priors below)")
     p.add_argument("--nfe", type=int, default=None,
                    help="network-evaluation budget of the flow samplers (default: the "
                    "method's nfe, listed below)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="flow methods: average this many posterior samples per slice (one "
+                   "batch; K times the network work) — the posterior mean, lower error than "
+                   "one sample (default: 1)")
     p.add_argument("--iters", type=int, default=None,
                    help="outer iterations of the iterative methods (default: the method's "
                    "iters, listed below)")
@@ -95,6 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="DICOM series whose patient, study and frame of reference the "
                    "output series takes (--format dicom only); its matrix size, slice "
                    "count and pixel spacing must match the reconstruction")
+    p.add_argument("--reference-series", metavar="UID_OR_DESCRIPTION", default=None,
+                   help="with --reference, when its folder holds several series: the one "
+                   "to use, by SeriesInstanceUID or SeriesDescription (case-insensitive, "
+                   "exact or a unique part); 'ctflow info SERIES_DIR' lists them")
     p.add_argument("--window", default="40,400", metavar="C,W",
                    help="display window centre,width in HU for PNG and DICOM "
                    "(default: 40,400, soft tissue)")
@@ -102,6 +114,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--consistency", choices=["auto", "off"], default="auto",
                    help="auto: leave out dead or saturated views and detector columns, with "
                    "a warning; off: use the sinogram as it is (default: auto)")
+    p.add_argument("--send", metavar="AE@HOST:PORT", default=None,
+                   help="after writing the DICOM series, store it on this PACS by C-STORE "
+                   "(--format dicom only; the local series is kept; exit 2 if any instance "
+                   "was not stored)")
+    p.add_argument("--calling-ae", default="CTFLOW",
+                   help="this side's AE title for --send (default: CTFLOW)")
     p.set_defaults(func=run, input_args=("input", "reference", "prior", "preset"))
 
 
@@ -115,8 +133,18 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args.opt)
     if args.iters is not None:
         options["iters"] = args.iters
+    if args.reference_series is not None and args.reference is None:
+        raise InputError("--reference-series applies to --reference only")
     if args.reference is not None and fmt != "dicom":
         raise InputError("--reference applies to --format dicom only")
+    peer = None
+    if args.send is not None:  # a bad address fails before any reconstruction
+        from ..node.address import check_ae_title, parse_peer
+
+        if fmt != "dicom":
+            raise InputError("--send applies to --format dicom only")
+        peer = parse_peer(args.send)
+        check_ae_title(args.calling_ae, "--calling-ae")
     if args.noise_std is not None:  # finite and >= 0 (ctflow.io.limits)
         args.noise_std = check_quantity("noise_std", args.noise_std, "--noise-std", "value")
     check_output(args.output, args.overwrite, folder=fmt == "dicom")
@@ -124,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference is not None:
         from ..io.dicom import read_series
 
-        reference = read_series(args.reference)
+        reference = read_series(args.reference, args.reference_series)
     data = read_sinogram(args.input, preset=args.preset)
     if reference is not None:  # an unrelated series is refused before any reconstruction
         from ..io.dicom import check_reference
@@ -139,6 +167,11 @@ def run(args: argparse.Namespace) -> int:
     write_output(args, fmt, hu, data, records, reference, window)
     print(f"wrote {args.output} ({fmt}, {hu.shape[0]} slice(s), method {args.method}, "
           f"{sum(r['seconds'] for r in records):.2f} s)")
+    if peer is not None:
+        from .send import send_folder
+
+        print(send_folder(args.output, peer, argparse.Namespace(
+            calling_ae=args.calling_ae, retries=2, backoff=1.0, timeout=30.0)))
     return 0
 
 
@@ -197,15 +230,19 @@ def reconstruct_slices(data, args: argparse.Namespace,
     solve, spec = get_solver(args.method)
     if "task_family" not in options and "task_family" in inspect.signature(solve).parameters:
         options = {**options, "task_family": "ct"}  # sinograms: the CT-tuned defaults
+    photons = data.attrs.get("photons")  # pre-log Poisson weights, unless --opt photons=...
+    if photons is not None and "photons" not in options \
+            and "photons" in inspect.signature(solve).parameters:
+        options = {**options, "photons": float(photons)}
     try:
         op = make_ct_operator(data.geometry, backend=args.backend)
     except (ValueError, RuntimeError) as exc:
         raise CtflowError(f"{args.input}: cannot build the projector ({exc})") from exc
     prior = load_prior(args.prior) if spec.needs_prior else None
-    if prior is not None and prior.image_size != data.geometry.image_size:
+    if prior is not None and not prior.supports_size(int(data.geometry.image_size)):
         from .help_catalog import size_mismatch_message
 
-        raise PriorError(size_mismatch_message(args.input, args.prior, prior.image_size,
+        raise PriorError(size_mismatch_message(args.input, args.prior, prior.sizes(),
                                                int(data.geometry.image_size)))
     noise_std = args.noise_std if args.noise_std is not None else data.attrs.get("noise_std")
     mu_water = float(data.attrs.get("mu_water_per_mm", MU_WATER_PER_MM))
@@ -215,7 +252,8 @@ def reconstruct_slices(data, args: argparse.Namespace,
         y = torch.from_numpy(np.ascontiguousarray(data.sinogram[i]))[None, None]
         res = reconstruct(y, op, method=args.method, prior=prior, nfe=args.nfe,
                           noise_std=None if noise_std is None else float(noise_std),
-                          seed=args.seed + i, **{"consistency": args.consistency, **options})
+                          seed=args.seed + i, samples=args.samples,
+                          **{"consistency": args.consistency, **options})
         for warning in res.info.get("warnings", []):  # e.g. dead views left out
             tqdm.write(f"ctflow: warning: {args.input}: slice {i}: {warning}", file=sys.stderr)
         for note in res.info.get("notes", []):  # e.g. the noise level estimated from the data

@@ -19,6 +19,7 @@ from ..operators import LinearOperator
 from ..operators import fbp as _fbp
 from ..operators.fbp import FILTERS
 from .common import SolverOutput
+from .weights import photon_noise
 
 TV_LAM_SCALE = 0.5  # λ = TV_LAM_SCALE · σ · (mean column norm of A), see :func:`tv`
 TV_STEP_RATIO = 10.0  # τ/σ of Chambolle–Pock on the rescaled problem (tuned on phantoms)
@@ -175,7 +176,8 @@ def default_tv_lam(y: torch.Tensor, op: LinearOperator, noise_std: float | None,
 def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
        noise_std: float | None = None, seed: int = 0, progress: bool = False,
        iters: int = 300, lam: float | None = None, nonneg: bool = True,
-       log_every: int = 10, photons: float | None = None) -> SolverOutput:
+       log_every: int = 10, photons: float | None = None,
+       electronic_noise: float = 0.0) -> SolverOutput:
     """Total-variation reconstruction  min_x ½‖A x − y‖² + λ TV(x)  (+ x ≥ 0 if nonneg)
     by Chambolle–Pock on K = [A/L_A; ∇] with the data rescaled by 1/L_A and the image by
     1/s (L_A = ‖A‖ by power iteration, s = RMS of Aᵀy/L_A²) so both blocks are O(1):
@@ -189,15 +191,16 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
     ``lam`` None: :func:`default_tv_lam` (uses noise_std when given).  info: ``lam``,
     ``op_norm``, ``objective`` (the unscaled objective every ``log_every`` iterations).
 
-    ``photons`` I0 (Poisson data): the data term becomes ½‖A x − y‖²_W with the statistical
-    weights w_i ∝ I0·e^{−y_i} (inverse variance of ray i), normalised to w_i·mean(1/w) so
-    that λ keeps its meaning (noise_std None then means √mean(1/w)); its dual prox is closed
-    form per ray, p ← (p + σ(K₁x̄ − ŷ)) / (1 + σ/w_i).
+    ``photons`` I0 (Poisson data; ``electronic_noise`` σ_e in counts): the data term becomes
+    ½‖A x − y‖²_W̃ with the relative inverse-variance weights W̃ of ``weights.py``
+    (w̃_i ∝ c_i²/(c_i + σ_e²), c_i = I0·e^{−y_i}, mean(1/w̃) = 1 over the batch) so that λ
+    keeps its meaning (noise_std None then means σ̄ = √mean(1/w)); its dual prox is closed
+    form per ray, p ← (p + σ(K₁x̄ − ŷ)) / (1 + σ/w̃_i).
     """
     _check_iters(iters)
-    weights = _tv_weights(y, photons)
-    if photons is not None and noise_std is None:  # σ² = mean variance 1/(I0·e^{−y})
-        noise_std = math.sqrt(float((1.0 / (photons * torch.exp(-y.detach().double()))).mean()))
+    weights = _tv_weights(y, photons, electronic_noise)
+    if photons is not None and noise_std is None:  # σ̄² = mean variance of the rays
+        noise_std = photon_noise(y, photons, electronic_noise, None, "tv")[0]
     if lam is None:
         lam = default_tv_lam(y, op, noise_std, seed=seed)
     if not (math.isfinite(lam) and lam >= 0):
@@ -239,16 +242,13 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
                                            "objective": objective})
 
 
-def _tv_weights(y: torch.Tensor, photons: float | None) -> torch.Tensor | float:
-    """TV's data weights: 1 without ``photons``, else c_i·mean(1/c) with c_i = I0·e^{−y_i}
-    per item (inverse variances, scaled so the weighted noise keeps the mean variance)."""
-    if photons is None:
-        return 1.0
-    if not (math.isfinite(photons) and photons > 0):
-        raise MethodError(f"tv: photons must be a positive number, got {photons}")
-    counts = float(photons) * torch.exp(-y.detach().double())
-    mean_inverse = (1.0 / counts).flatten(2).mean(-1)
-    return (counts * mean_inverse[..., None, None]).to(y.dtype)
+def _tv_weights(y: torch.Tensor, photons: float | None,
+                electronic_noise: float = 0.0) -> torch.Tensor | float:
+    """TV's data weights: 1 without ``photons``, else the relative inverse variances W̃ of
+    ``weights.poisson_weights`` (c_i·mean(1/c) with c_i = I0·e^{−y_i} when σ_e = 0: scaled
+    so the weighted noise keeps the mean variance)."""
+    weights = photon_noise(y, photons, electronic_noise, None, "tv")[1]
+    return 1.0 if weights is None else weights
 
 
 def _check_iters(iters: int) -> None:

@@ -97,11 +97,14 @@ WARM_START_NFE = 5  # C-ΠGFM evaluations of init="conjugate" (MS-Flow, D-Flow)
 
 
 def warm_start(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | None,
-               seed: int, family: str | None) -> torch.Tensor:
-    """init="conjugate": the C-ΠGFM reconstruction at its tuned ``WARM_START_NFE`` defaults,
-    in model space (its evaluations count in ``prior.nfe``)."""
+               seed: int, family: str | None, photons: float | None = None,
+               electronic_noise: float = 0.0) -> torch.Tensor:
+    """init="conjugate": the C-ΠGFM reconstruction at its tuned ``WARM_START_NFE`` defaults
+    (with the pre-log Poisson weights of ``photons`` if given), in model space (its
+    evaluations count in ``prior.nfe``)."""
     warm = conjugate(y, op, prior=prior, noise_std=noise_std, seed=seed,
-                     nfe=WARM_START_NFE, task_family=family)
+                     nfe=WARM_START_NFE, task_family=family, photons=photons,
+                     electronic_noise=electronic_noise)
     return prior.to_model(warm.image).to(y.dtype)
 
 

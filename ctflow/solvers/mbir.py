@@ -3,7 +3,8 @@ q-GGMRF edge-preserving prior and non-negativity,
 
     x̂ = argmin_{x ≥ 0}  Φ(x) = ½ (A x − y)ᵀ W (A x − y) + β Σ_{j~k} w_jk ρ(x_j − x_k).
 
-Data weights W = diag(w_i), the inverse variance of each post-log ray:
+Data weights W = diag(w_i), the inverse variance of each post-log ray
+(``weights.statistical_weights``, shared with the other solvers' ``photons`` option):
 
 * ``photons`` I0 given: counts c_i = I0·e^{−y_i} and Var(y_i) ≈ (c_i + σ_e²)/c_i², so
   w_i = c_i² / (c_i + σ_e²) = 1 / (1/c_i + σ_e²/c_i²)  (σ_e = ``electronic_noise`` in counts;
@@ -55,6 +56,7 @@ from ..errors import MethodError
 from ..operators import LinearOperator
 from ..operators import fbp as _fbp
 from .common import SolverOutput
+from .weights import statistical_weights  # noqa: F401  (W's diagonal; re-exported)
 
 DEFAULT_BETA = 0.004  # β/d̄ at noise level ν_ref (tuned on 64² and 256² chest phantoms)
 DEFAULT_DELTA = 0.03  # δ/μ̄: the q-GGMRF transition, as a fraction of the mean image value
@@ -67,22 +69,6 @@ DIAGONAL = 1.0 / math.sqrt(2.0)
 # (dy, dx, weight) of the four neighbour pairs each pixel starts: 8 neighbours, each pair once
 NEIGHBOURS = ((0, 1, 1.0), (1, 0, 1.0), (1, 1, DIAGONAL), (1, -1, DIAGONAL))
 NEIGHBOUR_WEIGHT_SUM = 2.0 * sum(w for _, _, w in NEIGHBOURS)  # Σ_k w_jk of an inner pixel
-
-
-def statistical_weights(y: torch.Tensor, photons: float | None = None,
-                        noise_std: float | None = None,
-                        electronic_noise: float = 0.0) -> torch.Tensor:
-    """W's diagonal for post-log data y (see the module docstring):
-    c²/(c + σ_e²) with c = I0·e^{−y} when ``photons`` is given, else 1/σ² (or 1)."""
-    if photons is not None:
-        if not (math.isfinite(photons) and photons > 0):
-            raise MethodError(f"mbir: photons must be a positive number, got {photons}")
-        if not (math.isfinite(electronic_noise) and electronic_noise >= 0):
-            raise MethodError(f"mbir: electronic_noise must be >= 0, got {electronic_noise}")
-        counts = float(photons) * torch.exp(-y.detach().double())
-        return (counts.pow(2) / (counts + float(electronic_noise) ** 2)).to(y.dtype)
-    scale = 1.0 / float(noise_std) ** 2 if noise_std else 1.0
-    return torch.full_like(y.detach(), scale)
 
 
 def potential(d: torch.Tensor, delta: float, q: float = DEFAULT_Q) -> torch.Tensor:

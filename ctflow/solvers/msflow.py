@@ -33,6 +33,14 @@ No autograd graph spans more than one Euler step, so memory does not grow with K
 
 Noise: σ is the model-space noise std; for noiseless data (``noise_std`` None/0)
 σ = 1e-3·RMS(y) (``latent_reg.NOISELESS_REL_STD``) and the data term acts as a penalty.
+Pre-log Poisson data (``photons`` I0, ``electronic_noise`` σ_e; ``weights.py``): the data
+term is the inverse-variance one, ‖Ax − y‖²_W̃/(2σ²) with the relative per-ray weights W̃
+(mean(1/w̃) = 1) and σ = σ̄ = √mean(1/w) unless ``noise_std`` is given, in F, in every
+acceptance test and in step (ii), which becomes (AᵀW̃A + σ²μ I) x = AᵀW̃y + σ²μ Φ_{K−1}
+(``weights.solve_weighted_normal``, warm-started as above: up to ``cg_iters`` CG
+iterations to ``cg_tol``, then up to ``cg_iters`` preconditioned ones where needed); the
+warm start (init "conjugate") and x_init use the same weights.  Step (ii) is still kept
+only where it lowers F, so F still decreases monotonically.
 Initialisation: x_init = argmin ‖Ax−y‖²/(2σ²) + (μ/2)‖x‖², the pseudo-inverse A⁺y
 regularised at the noise level (A⁺y itself for σ → 0); ``init="inverse"`` runs the ODE
 backwards from x_init and uses its states at s_k; ``init="noise"`` takes
@@ -76,6 +84,7 @@ from .msflow_stitching import (  # noqa: F401  (prox_data and ARMIJO_C: re-expor
     prox_step,
     update_colour,
 )
+from .weights import photon_noise
 
 INITS = ("inverse", "noise", "rollout", "conjugate")
 # Generic defaults (a prior's presets overlay them); mu_noiseless / mu_noisy: the matching
@@ -106,6 +115,8 @@ def msflow(
     cg_tol: float = 1e-4,
     cg_iters: int = 30,
     nfe: int | None = None,
+    photons: float | None = None,
+    electronic_noise: float = 0.0,
 ) -> SolverOutput:
     """MS-Flow reconstruction (update equations in the module docstring).
 
@@ -122,20 +133,23 @@ def msflow(
     tuned on the validation split at the image size nearest to the operator's and for its
     mask kind (scattered inpainting masks have their own) in the prior's presets;
     ``mu`` None takes the family's ``mu_noiseless`` or ``mu_noisy`` by whether a noise
-    level is given.
+    level is given.  ``photons`` I0 (``electronic_noise`` σ_e counts): the pre-log Poisson
+    data term of the module docstring (a noise level, σ̄, is then always given).
     ``info["history"]`` holds F and its three parts per iteration, ``info["options"]`` the
     options used.
     """
+    noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "msflow")
     context = task_context(op, task_family, noise_std)
-    prob = model_problem(y, op, prior, noise_std)
+    prob = model_problem(y, op, prior, noise_std, weights)
     o, mu = _options(prior, context, prob.noise_std, mu, backtracks, shooting=shooting,
                      segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
                      mu_growth=mu_growth)
     sigma = data_sigma(prob.y, prob.noise_std)
     st = Stitching(prior, op, prob.y, sigma, float(mu), float(o["lam"]), int(o["shooting"]),
-                   int(o["segment_steps"]))
+                   int(o["segment_steps"]), weights)
     budget = _Budget(prior, nfe, st, o["init"])
-    x = _initial_image(st, y, prob, noise_std, seed, context.family, o["init"])
+    x = _initial_image(st, y, prob, noise_std, seed, context.family, o["init"],
+                       (photons, electronic_noise))
     z = initial_states(st, x, o["init"], seed)
     phi = st.flow(z, list(range(st.K)))
     stats = {"jf_tried": 0, "jf_accepted": 0, "grad_tried": 0, "grad_accepted": 0}
@@ -153,7 +167,8 @@ def msflow(
         x = _iteration(st, z, phi, x, o["eta"], backtracks, stats, budget, cg_tol, cg_iters)
         _record(history, st, z, phi, x, budget.used())
         last_cost = prior.nfe - before
-    info = _info(st, z, phi, x, history, stats, {**o, "mu": float(mu)})
+    info = _info(st, z, phi, x, history, stats, {**o, "mu": float(mu), "photons": photons,
+                                                 "electronic_noise": electronic_noise})
     return SolverOutput(image=prob.to_physical(x), nfe=budget.used(), info=info)
 
 
@@ -196,14 +211,17 @@ class _Budget:
 
 def _initial_image(st: Stitching, y: torch.Tensor, prob: ModelProblem,
                    noise_std: float | None, seed: int, family: str | None,
-                   init: str) -> torch.Tensor:
-    """x_init: the C-ΠGFM warm start (init "conjugate"), else the regularised
-    pseudo-inverse argmin ‖Ax−y‖²/(2σ²) + (μ/2)‖x‖² (→ A⁺y as σ → 0)."""
+                   init: str, photons: tuple[float | None, float]) -> torch.Tensor:
+    """x_init: the C-ΠGFM warm start (init "conjugate"; ``photons`` = (I0, σ_e) or
+    (None, 0)), else the regularised pseudo-inverse argmin ‖Ax−y‖²_W̃/(2σ²) + (μ/2)‖x‖²
+    (→ A⁺y as σ → 0)."""
     if init == "conjugate":
-        return warm_start(y, st.op, st.prior, noise_std, seed, family).to(prob.y.dtype)
+        return warm_start(y, st.op, st.prior, noise_std, seed, family, *photons
+                          ).to(prob.y.dtype)
     zero = torch.zeros(*prob.y.shape[:2], *st.op.in_shape, dtype=prob.y.dtype,
                        device=prob.y.device)
-    return prox_data(st.op, prob.y, zero, st.sigma, st.mu, tol=1e-6, maxiter=200)
+    return prox_data(st.op, prob.y, zero, st.sigma, st.mu, tol=1e-6, maxiter=200,
+                     weights=st.weights)
 
 
 def _iteration(st: Stitching, z: torch.Tensor, phi: torch.Tensor, x: torch.Tensor,

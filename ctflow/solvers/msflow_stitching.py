@@ -17,6 +17,7 @@ from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import seeded_noise
 from .latent_reg import euler_flow, euler_vjp, invert_euler, radial_reg, radial_reg_grad
+from .weights import solve_weighted_normal
 
 ARMIJO_C = 1e-4
 
@@ -26,12 +27,23 @@ def sq(a: torch.Tensor) -> torch.Tensor:
     return a.double().flatten(1).pow(2).sum(1)
 
 
+def data_misfit(op: LinearOperator, x: torch.Tensor, y: torch.Tensor, sigma: float,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """‖Ax − y‖²_W̃/(2σ²) per image (W̃ = I when ``weights`` is None), float64."""
+    with torch.no_grad():
+        r = op(x) - y
+        r2 = r.double().pow(2) if weights is None else weights.double() * r.double().pow(2)
+        return r2.flatten(1).sum(1) / (2 * sigma**2)
+
+
 class Stitching:
-    """The shooting states, the segment maps and the objective of one MS-Flow problem."""
+    """The shooting states, the segment maps and the objective of one MS-Flow problem
+    (``weights``: the relative per-ray weights W̃ of the data term, None for white noise)."""
 
     def __init__(self, prior: Prior, op: LinearOperator, y: torch.Tensor, sigma: float,
-                 mu: float, lam: float, shooting: int, segment_steps: int):
-        self.prior, self.op, self.y = prior, op, y
+                 mu: float, lam: float, shooting: int, segment_steps: int,
+                 weights: torch.Tensor | None = None):
+        self.prior, self.op, self.y, self.weights = prior, op, y, weights
         self.sigma, self.mu, self.lam = sigma, mu, lam
         self.K, self.M = shooting, segment_steps
         self.grid = [k / shooting for k in range(shooting + 1)]
@@ -61,9 +73,8 @@ class Stitching:
 
     # -- objective -----------------------------------------------------------------------
     def data_term(self, x: torch.Tensor) -> torch.Tensor:
-        """‖Ax − y‖²/(2σ²) per image."""
-        with torch.no_grad():
-            return sq(self.op(x) - self.y) / (2 * self.sigma**2)
+        """‖Ax − y‖²_W̃/(2σ²) per image."""
+        return data_misfit(self.op, x, self.y, self.sigma, self.weights)
 
     def parts(self, z: torch.Tensor, phi: torch.Tensor, x: torch.Tensor
               ) -> dict[str, torch.Tensor]:
@@ -164,25 +175,31 @@ def sq_blocks(a: torch.Tensor) -> torch.Tensor:
 
 def prox_data(op: LinearOperator, y: torch.Tensor, anchor: torch.Tensor, sigma: float,
               mu: float, x0: torch.Tensor | None = None, tol: float = 1e-4,
-              maxiter: int = 30) -> torch.Tensor:
-    """argmin_x ‖Ax − y‖²/(2σ²) + (μ/2)‖x − anchor‖², i.e. the solution of
+              maxiter: int = 30, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin_x ‖Ax − y‖²_W̃/(2σ²) + (μ/2)‖x − anchor‖², i.e. the solution of
 
-        (AᵀA + σ²μ I) x = Aᵀy + σ²μ·anchor,
+        (AᵀW̃A + σ²μ I) x = AᵀW̃y + σ²μ·anchor          (W̃ = I: white noise),
 
-    solved for the correction δ = x − anchor:  (AᵀA + σ²μ I) δ = Aᵀ(y − A·anchor)  (same
+    solved for the correction δ = x − anchor:  (AᵀW̃A + σ²μ I) δ = AᵀW̃(y − A·anchor)  (same
     solution; the tolerance then measures the data correction, and CG started in A's row
-    space never touches its null space) by ``op.solve_normal``: closed form for masks, SR
-    and blur, the full-spectrum SVD formula for CT (exact up to rounding), CG from the warm
-    start x0 to ``tol`` otherwise.  If x0 is given and has the lower energy it is kept."""
+    space never touches its null space).  White: by ``op.solve_normal``, closed form for
+    masks, SR and blur, the full-spectrum SVD formula for CT (exact up to rounding), CG from
+    the warm start x0 to ``tol`` otherwise.  Weighted (``weights`` W̃): CG on the weighted
+    normal equations from x0 to ``tol`` (``weights.solve_weighted_normal``).  If x0 is given
+    and has the lower energy it is kept."""
     rho = sigma**2 * mu
 
     def energy(d: torch.Tensor) -> torch.Tensor:
-        return sq(op(anchor + d) - y) / (2 * sigma**2) + 0.5 * mu * sq(d)
+        return data_misfit(op, anchor + d, y, sigma, weights) + 0.5 * mu * sq(d)
 
     with torch.no_grad():
-        rhs = op.T(y - op(anchor))
         d0 = None if x0 is None else x0 - anchor
-        d = op.solve_normal(rhs, rho, x0=d0, tol=tol, maxiter=maxiter)
+        if weights is None:
+            rhs = op.T(y - op(anchor))
+            d = op.solve_normal(rhs, rho, x0=d0, tol=tol, maxiter=maxiter)
+        else:
+            rhs = op.T(weights * (y - op(anchor)))
+            d = solve_weighted_normal(op, weights, rhs, rho, x0=d0, tol=tol, maxiter=maxiter)
         if d0 is not None:
             d = torch.where(bcast(energy(d0) < energy(d), d), d0, d)
     return anchor + d
@@ -197,7 +214,7 @@ def prox_step(st: Stitching, x: torch.Tensor, phi_last: torch.Tensor,
         return st.data_term(u) + 0.5 * st.mu * sq(u - phi_last)
 
     xn = prox_data(st.op, st.y, phi_last, st.sigma, st.mu, x0=x + (phi_last - phi_last_old),
-                   tol=cg_tol, maxiter=cg_iters)
+                   tol=cg_tol, maxiter=cg_iters, weights=st.weights)
     return torch.where(bcast(energy(xn) <= energy(x), x), xn, x)
 
 

@@ -20,6 +20,10 @@ must not inherit conjugate's w.  Tuned and default: jacobian=False (J_x̂1 ≈ I
 
 Cost per step: 1 NFE (jacobian=False, J_x̂1 ≈ I) or 2 NFE (forward + VJP); the budget ``nfe``
 gives K = nfe or nfe // 2 steps.
+
+Pre-log Poisson data (``photons`` I0, ``electronic_noise`` σ_e; ``weights.py``): ŷ_t and the
+start become the weighted ones of guidance.py, P(AᵀW̃A + ρ_t)⁻¹(AᵀW̃y + ρ_t P x̂1) with the
+relative inverse-variance weights W̃ (CG); σ̄ = √mean(1/w) unless ``noise_std`` is given.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .guidance import (
     uniform_grid,
     velocity_and_vjp,
 )
+from .weights import photon_noise
 
 # Generic defaults (a prior's presets overlay them).
 GENERIC_PIGFM = {"w": 100.0, "tau": 0.2, "jacobian": False, "rho_scale": 1.0}
@@ -63,9 +68,13 @@ def pigfm(
     jacobian: bool | None = None,
     rho_scale: float | None = None,
     task_family: str | None = None,
+    photons: float | None = None,
+    electronic_noise: float = 0.0,
 ) -> SolverOutput:
     """ΠGFM: Euler on dx/dt = v + w t(1−t) J_x̂1ᵀ(ŷ − P x̂1) from τ (module docstring);
-    (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe."""
+    (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe.
+    ``photons``: pre-log Poisson weights in ŷ_t (module docstring)."""
+    noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "pigfm")
     opts = resolve_options("pigfm", GENERIC_PIGFM, prior, task_context(op, task_family, noise_std),
                            nfe, ("jacobian",), w=w, tau=tau, jacobian=jacobian,
                            rho_scale=rho_scale)
@@ -73,7 +82,7 @@ def pigfm(
     opts = {k: opts[k] for k in ("w", "tau", "jacobian", "rho_scale", "task_family",
                                  "tuned_at_nfe", "tuned_at_size", "presets")}
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, opts["tau"],
-                  lambda t: weight * t * (1 - t), "pigfm")
+                  lambda t: weight * t * (1 - t), "pigfm", weights)
 
 
 def otode(
@@ -90,27 +99,32 @@ def otode(
     jacobian: bool | None = None,
     rho_scale: float | None = None,
     task_family: str | None = None,
+    photons: float | None = None,
+    electronic_noise: float = 0.0,
 ) -> SolverOutput:
-    """OT-ODE: Euler on dx/dt = v + γ (1−t)/(t r_t²) J_x̂1ᵀ(ŷ − P x̂1) from t0 > 0."""
+    """OT-ODE: Euler on dx/dt = v + γ (1−t)/(t r_t²) J_x̂1ᵀ(ŷ − P x̂1) from t0 > 0;
+    ``photons``: pre-log Poisson weights in ŷ_t (module docstring)."""
+    noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "otode")
     opts = resolve_options("otode", GENERIC_OTODE, prior, task_context(op, task_family, noise_std),
                            nfe, ("jacobian",), t0=t0, gamma=gamma, jacobian=jacobian,
                            rho_scale=rho_scale)
     gam = float(opts["gamma"])
     start = check_unit_interval("t0", opts["t0"], low_open=True)
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, start,
-                  lambda t: gam * (1 - t) / (t * r2(t)), "otode")
+                  lambda t: gam * (1 - t) / (t * r2(t)), "otode", weights)
 
 
 def _euler(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | None,
            seed: int, progress: bool, nfe: int, opts: dict[str, Any], t0: float,
-           weight: Callable[[float], float], name: str) -> SolverOutput:
+           weight: Callable[[float], float], name: str,
+           weights: torch.Tensor | None = None) -> SolverOutput:
     if prior is None:
         raise MethodError(f"{name} needs a prior")
     t0 = check_unit_interval("start time", t0)
     jac = bool(opts["jacobian"])
     grid = uniform_grid(t0, steps_for_budget(nfe, 2 if jac else 1))
     nfe0 = prior.nfe
-    problem = model_problem(y, op, prior, noise_std)
+    problem = model_problem(y, op, prior, noise_std, weights)
     P = op.projector
     data = GuidanceTarget(problem, float(opts["rho_scale"]))
     x = start_state(data.start(t0), t0, seed)
@@ -139,5 +153,5 @@ def _euler(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float |
                 raise MethodError(f"{name} diverged at t = {t:.3f}; raise nfe or lower w")
     params = dict(opts, start=t0)
     info = {"grid": [float(t) for t in grid], "params": params, "steps": steps,
-            "noise_std_model": problem.noise_std}
+            "noise_std_model": problem.noise_std, "weighted": weights is not None}
     return SolverOutput(image=problem.to_physical(x), nfe=prior.nfe - nfe0, info=info)
