@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ from .errors import InputError, MethodError, PriorError
 from .noise import estimate_noise_std
 from .operators import LinearOperator
 from .priors.base import Prior
-from .solvers import get_solver
+from .solvers import get_solver, validate_options
 
 
 @dataclass
@@ -85,10 +84,7 @@ def reconstruct(
     samples = _check_samples(samples, spec.needs_prior, method)
     if nfe is not None:
         options["nfe"] = int(nfe)
-    accepted = inspect.signature(solve).parameters
-    unknown = [k for k in options if k not in accepted]
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
-        raise MethodError(f"method {method!r} takes no option(s) {', '.join(unknown)}")
+    validate_options(method, options)  # the declared Options: unknown names, bad values
     start = time.perf_counter()
     y, op, screened = screen(y, op, consistency, method)
     estimated = None  # with photons the solver takes the noise level from the counts

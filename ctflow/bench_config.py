@@ -6,7 +6,6 @@ made under the same settings (:func:`check_compatible`).
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ import torch
 from .bench_report import ResultStore
 from .errors import InputError, MethodError, OutputError, PriorError
 from .priors.base import Prior
-from .solvers import SOLVERS, get_solver
+from .solvers import SOLVERS, get_solver, get_spec, validate_options
+from .solvers.options import option_names
 
 FORMAT_VERSION = 1
 
@@ -136,20 +136,15 @@ def method_options(config: BenchConfig, methods: list[str]) -> dict[str, dict[st
             raise MethodError(f"options given for {method!r}, which is not benchmarked")
         options[method] = dict(opts)
     for method in methods:
-        solve, _ = get_solver(method)
-        params = inspect.signature(solve).parameters
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        bad = [k for k in options.get(method, {})
-               if k not in params and k not in API_OPTIONS and not takes_any]
-        if bad:
-            raise MethodError(f"method {method!r} takes no option(s) {', '.join(bad)}")
+        get_solver(method)  # unknown or unavailable method: MethodError now
+        validate_options(method, {k: v for k, v in options.get(method, {}).items()
+                                  if k not in API_OPTIONS})
     return options
 
 
 def method_accepts(method: str, name: str) -> bool:
-    """Whether the solver function of ``method`` has a parameter called ``name``."""
-    solve, _ = get_solver(method)
-    return name in inspect.signature(solve).parameters
+    """Whether ``method`` declares an option called ``name`` (its registry Options)."""
+    return name in option_names(get_spec(method).options)
 
 
 def check_out_folder(out: Path) -> None:

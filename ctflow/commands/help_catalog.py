@@ -1,20 +1,16 @@
 """What the CLI tells a new user about priors and methods, read cheaply: the shipped priors'
 names and image sizes come from their JSON configs (no weights are loaded), each method's
-options and defaults from its solver's signature.  Called only when a command runs or
-``ctflow reconstruct --help`` is printed, never while the parsers are built."""
+options and defaults from its registry entry's Options dataclass.  Called only when a command
+runs or ``ctflow reconstruct --help`` is printed, never while the parsers are built."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import textwrap
 from pathlib import Path
 
 from ..errors import CtflowError, PriorError
 from ..priors.sizes import ImageSizes
-
-# Solver parameters every method has; the rest are the method's own options.
-COMMON_PARAMETERS = ("y", "op", "prior", "noise_std", "seed", "progress")
 
 
 def prior_sizes(name_or_path: str = "default") -> ImageSizes:
@@ -84,21 +80,18 @@ def _wrap(text: str, indent: int = 0) -> str:
                          subsequent_indent=" " * indent)
 
 
-def _default_text(parameter: inspect.Parameter) -> str:
-    if parameter.default is inspect.Parameter.empty:
-        return parameter.name
-    if parameter.default is None:
-        return f"{parameter.name}=auto"
-    return f"{parameter.name}={parameter.default!r}"
+def _default_text(name: str, default: object) -> str:
+    return f"{name}=auto" if default is None else f"{name}={default!r}"
 
 
 def method_options(method: str) -> list[str]:
-    """``name=default`` for each option of a method (``auto``: chosen by the method)."""
+    """``name=default`` for each declared option of a method (``auto``: chosen by the
+    method), from its registry Options; MethodError if the method is unknown or absent."""
     from ..solvers import get_solver
+    from ..solvers.options import option_defaults
 
-    solve, _ = get_solver(method)
-    return [_default_text(p) for p in inspect.signature(solve).parameters.values()
-            if p.name not in COMMON_PARAMETERS and p.kind is not p.VAR_KEYWORD]
+    _, spec = get_solver(method)
+    return [_default_text(k, v) for k, v in option_defaults(spec.options).items()]
 
 
 def methods_text() -> str:

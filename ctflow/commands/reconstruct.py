@@ -217,22 +217,22 @@ def reconstruct_slices(data, args: argparse.Namespace,
                        options: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Reconstruct each slice (progress bar over slices); returns HU (slices, H, W).  Methods
     with a ``task_family`` option get "ct" unless --opt sets it."""
-    import inspect
-
     import torch
     from tqdm import tqdm
 
     from .. import load_prior, reconstruct
     from ..operators import make_ct_operator
     from ..solvers import get_solver
+    from ..solvers.options import option_names
     from ..units import MU_WATER_PER_MM, mu_to_hu
 
-    solve, spec = get_solver(args.method)
-    if "task_family" not in options and "task_family" in inspect.signature(solve).parameters:
+    _, spec = get_solver(args.method)
+    declared = option_names(spec.options)
+    if "task_family" not in options and "task_family" in declared:
         options = {**options, "task_family": "ct"}  # sinograms: the CT-tuned defaults
     photons = data.attrs.get("photons")  # pre-log Poisson weights, unless --opt photons=...
     if photons is not None and "photons" not in options \
-            and "photons" in inspect.signature(solve).parameters:
+            and "photons" in declared:
         options = {**options, "photons": float(photons)}
     try:
         op = make_ct_operator(data.geometry, backend=args.backend)

@@ -30,7 +30,6 @@ the field of view is kept, and the series description and the log say so.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +142,7 @@ def parse_job(data: dict[str, Any], name: str = "JOB.toml") -> JobSpec:
 
 def _methods(items: Any, name: str) -> tuple[MethodSpec, ...]:
     from ..solvers import SOLVERS, get_solver
+    from ..solvers.options import option_names
 
     if not isinstance(items, list) or not items:
         raise InputError(f"{name}: methods must be a non-empty list of [[methods]] tables")
@@ -159,11 +159,9 @@ def _methods(items: Any, name: str) -> tuple[MethodSpec, ...]:
         options = item.get("options", {})
         if not isinstance(options, dict):
             raise InputError(f"{name}: {where}.options must be a table")
-        solve, spec = get_solver(method)
-        accepted = inspect.signature(solve).parameters
+        _, spec = get_solver(method)
         for key in options:
-            if key not in accepted or key in ("y", "op", "prior", "noise_std", "seed",
-                                               "progress"):
+            if key not in option_names(spec.options):  # the registry's declared options
                 raise InputError(f"{name}: {where}.options.{key}: method {method!r} has "
                                  "no such option")
         prior = item.get("prior", "default")
@@ -336,11 +334,12 @@ class JobRunner:
 
         from .. import reconstruct
         from ..solvers import get_solver
+        from ..solvers.options import option_names
         from ..units import mu_to_hu
 
-        solve, _ = get_solver(method.name)
+        _, spec = get_solver(method.name)
         options = dict(method.options)
-        if "task_family" in inspect.signature(solve).parameters:
+        if "task_family" in option_names(spec.options):
             options.setdefault("task_family", "ct")
         images = []
         for k in range(0, sino.shape[0], BATCH):

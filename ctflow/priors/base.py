@@ -15,11 +15,12 @@ x_model = scale·μ + offset and back.  Solvers call them, users never see them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
+from .. import paths
+from ..integrators import euler_sample
 from .presets import Presets
 from .sizes import ImageSizes
 
@@ -97,19 +98,18 @@ class Prior:
     def x1_hat(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """x̂1 = x + (1−t)·v(x, t)."""
         tt = self._time(t, x).view(-1, 1, 1, 1)
-        return x + (1 - tt) * self.velocity(x, t)
+        return paths.x1_hat(x, tt, self.velocity(x, t))
 
     def eps_hat(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """ε̂ = x − t·v(x, t)."""
         tt = self._time(t, x).view(-1, 1, 1, 1)
-        return x - tt * self.velocity(x, t)
+        return paths.eps_hat(x, tt, self.velocity(x, t))
 
     # -- the VP-diffusion view -----------------------------------------------------------
     @staticmethod
     def vp_time(alpha: float) -> float:
         """Flow time t of the VP state with signal level α (σ = √(1−α²)): t/(1−t) = α/σ."""
-        sigma = math.sqrt(max(1.0 - alpha * alpha, 0.0))
-        return alpha / (alpha + sigma)
+        return paths.vp_time(alpha)
 
     def vp_eps(self, x_vp: torch.Tensor, alpha: float) -> torch.Tensor:
         """ε-prediction of the VP diffusion x_vp = α·x1 + σ·z at signal level α.
@@ -117,7 +117,7 @@ class Prior:
         With t = α/(α+σ) the flow state is x = x_vp·√(t² + (1−t)²), and ε̂ = x − t·v(x, t).
         """
         t = self.vp_time(alpha)
-        x = x_vp * math.sqrt(t * t + (1 - t) ** 2)
+        x = paths.from_vp(x_vp, t)
         return self.eps_hat(x, t)
 
     # -- normalisation -------------------------------------------------------------------
@@ -144,10 +144,7 @@ class Prior:
         size = self.image_size if size is None else int(size)
         x = torch.randn(n, 1, size, size, generator=gen)
         x = x.to(self.device, self.dtype)
-        dt = 1.0 / nfe
-        for i in range(nfe):
-            x = x + dt * self.velocity(x, i * dt)
-        return x
+        return euler_sample(self, x, nfe)
 
     @property
     def device(self) -> torch.device:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..integrators import seeded_noise
 from ..operators import LinearOperator
 from ..priors.base import Prior
 
@@ -50,7 +51,4 @@ def model_problem(
     return ModelProblem(y=y_m, op=op, noise_std=sigma, prior=prior, weights=weights)
 
 
-def seeded_noise(shape: tuple[int, ...], seed: int, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise from a CPU generator (same seed, same noise on any device)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randn(shape, generator=gen, dtype=torch.float32).to(like.device, like.dtype)
+__all__ = ["ModelProblem", "SolverOutput", "model_problem", "seeded_noise"]

@@ -59,6 +59,7 @@ import torch
 
 from ..errors import MethodError
 from ..operators import LinearOperator
+from ..paths import vp_norm as _vp_norm
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .conjugate_coeffs import StepCoefficients, step_coefficients
@@ -325,6 +326,3 @@ def _add_forcing(perp: torch.Tensor, par: torch.Tensor, k0: dict[str, float],
         par = par + k1["c1"] * f["pg"]
     return perp, par
 
-
-def _vp_norm(t: float) -> float:
-    return math.sqrt(t * t + (1 - t) ** 2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import MethodError
+from ..integrators import noise_stream, randn_like  # noqa: F401 (the baselines' noise)
 from ..operators import LinearOperator
 
 METHODS = ("pnpflow", "flowdps", "dps", "flower")
@@ -65,14 +66,3 @@ def check_steps(method: str, nfe: int, per_step: int = 1) -> int:
     """Number of steps that fit in an NFE budget of ``nfe`` at ``per_step`` NFE a step."""
     return check_int(method, "nfe", nfe, per_step) // per_step
 
-
-def noise_stream(seed: int) -> torch.Generator:
-    """The CPU generator a baseline draws all its noise from (same seed, same output)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise MethodError(f"seed must be an integer, got {seed!r}")
-    return torch.Generator().manual_seed(seed)
-
-
-def randn_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn on the CPU from ``gen``."""
-    return torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x.device, x.dtype)

@@ -24,11 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import MethodError
+from ..integrators import invert_euler, seeded_noise
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import ModelProblem, SolverOutput, model_problem, seeded_noise
+from .common import ModelProblem, SolverOutput, model_problem
 from .context import resolve_options, task_context
-from .latent_reg import data_sigma, invert_euler, radial_reg, warm_start
+from .latent_reg import data_sigma, radial_reg, warm_start
 
 INITS = ("inverse", "noise", "conjugate")
 # Generic defaults (a prior's presets overlay them).

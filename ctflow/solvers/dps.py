@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..operators import LinearOperator
+from ..paths import x1_hat
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .context import resolve_options, task_context
@@ -77,7 +78,7 @@ def _velocity_and_residual_grad(
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         v = prior.velocity(xg, t)
-        x1 = xg + (1.0 - t) * v
+        x1 = x1_hat(xg, t, v)
         res = (y - op(x1)).flatten(1)
         loss = res.norm(dim=1).sum()
         (grad,) = torch.autograd.grad(loss, xg)

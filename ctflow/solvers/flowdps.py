@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from ..operators import LinearOperator
+from ..paths import interpolate, x1_hat
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .context import resolve_options, task_context
@@ -78,14 +79,14 @@ def flowdps(
         for k in tqdm(range(steps), desc="flowdps", disable=not progress):
             t, t_next = k / steps, (k + 1) / steps
             v = prior.velocity(x, t)
-            x1 = x + (1.0 - t) * v
+            x1 = x1_hat(x, t, v)
             eps = x - t * v
             x1_y = x1
             for _ in range(o["dc_steps"]):
                 x1_y = x1_y - (o["eta"] / lip) * op.T(op(x1_y) - mp.y)
-            x1_bar = t * x1 + (1.0 - t) * x1_y
+            x1_bar = interpolate(x1, x1_y, t)
             eps_mix = math.sqrt(1.0 - t_next) * eps + math.sqrt(t_next) * randn_like(x, gen)
-            x = t_next * x1_bar + (1.0 - t_next) * eps_mix
+            x = interpolate(x1_bar, eps_mix, t_next)
 
     info = {"steps": steps, "sigma_model": mp.noise_std, "lipschitz": lip, "options": o,
             "task_family": o["task_family"]}

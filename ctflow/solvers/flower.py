@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..operators import LinearOperator
+from ..paths import interpolate
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .context import resolve_options, task_context
@@ -84,7 +85,7 @@ def flower(
             x1_tilde = op.solve_normal(aty + rho * x1, rho, x0=x1, tol=1e-6,
                                        maxiter=o["cg_iters"])
             if k + 1 < steps:
-                x = t_next * x1_tilde + (1.0 - t_next) * randn_like(x, gen)
+                x = interpolate(x1_tilde, randn_like(x, gen), t_next)
             else:
                 x = x1_tilde
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import MethodError
+from ..paths import interpolate, r2
 from ..priors.base import Prior
 from .common import ModelProblem, seeded_noise
 from .weights import solve_weighted_normal
@@ -66,11 +67,6 @@ def velocity_and_vjp(
 
 
 # -- data terms --------------------------------------------------------------------------
-def r2(t: float) -> float:
-    """r_t² = (1−t)² / (t² + (1−t)²), the ΠGDM variance of x1 given x_t (unit data prior)."""
-    return (1 - t) ** 2 / (t * t + (1 - t) ** 2)
-
-
 class GuidanceTarget:
     """The effective target ŷ_t of the module docstring, for one model-space problem.
 
@@ -144,7 +140,7 @@ class GuidanceTarget:
 def start_state(y_tilde: torch.Tensor, tau: float, seed: int) -> torch.Tensor:
     """x(τ) = τ·ỹ + (1−τ)·z with z = seeded_noise(ỹ.shape, seed) (ỹ: GuidanceTarget.start)."""
     z = seeded_noise(tuple(y_tilde.shape), seed, y_tilde)
-    return tau * y_tilde + (1 - tau) * z
+    return interpolate(y_tilde, z, tau)
 
 
 def uniform_grid(t0: float, steps: int) -> np.ndarray:

@@ -7,9 +7,9 @@
   the negative log-density of ‖z‖ for z ~ N(0, I) (a chi distribution), minimal on the
   sphere ‖z‖ = √(d−1): it keeps z on the shell where Gaussian noise lives without pulling
   it to 0 as ‖z‖²/2 alone would;
-* explicit Euler maps of the flow ODE dx/dt = v(x, t) between two times, batched with a
-  per-item start and end time, without a graph (``euler_flow``) and their exact
-  vector–Jacobian product through the stored states (``euler_vjp``);
+* (re-exported from ``ctflow.integrators``) explicit Euler maps of the flow ODE between two
+  per-item times (``euler_flow`` = ``integrators.euler``), their exact vector–Jacobian
+  product (``euler_vjp``) and the backward run from data to noise (``invert_euler``);
 * the data-term weight σ used when the measurements are noiseless;
 * the C-ΠGFM warm start both can begin from.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..integrators import euler as euler_flow
+from ..integrators import euler_vjp, invert_euler
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .conjugate import conjugate
@@ -49,50 +51,6 @@ def data_sigma(y: torch.Tensor, noise_std: float) -> float:
     return NOISELESS_REL_STD * rms if rms > 0 else NOISELESS_REL_STD
 
 
-def _times(t0: torch.Tensor, t1: torch.Tensor, steps: int, j: int) -> torch.Tensor:
-    """Time of Euler step j (of ``steps``) on the per-item interval [t0, t1]."""
-    return t0 + (t1 - t0) * (j / steps)
-
-
-def euler_flow(
-    prior: Prior, z: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, steps: int,
-    keep_states: bool = False,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Φ(z): ``steps`` Euler steps u ← u + h·v(u, t) from t0 to t1 (per item, h = (t1−t0)/steps).
-
-    One batched network call per step, no autograd graph.  Returns the end state and, if
-    ``keep_states``, the states u_0 … u_{steps−1} at which v was evaluated (for ``euler_vjp``).
-    """
-    h = ((t1 - t0) / steps).view(-1, *([1] * (z.ndim - 1))).to(z.dtype)
-    states: list[torch.Tensor] = []
-    u = z
-    with torch.no_grad():
-        for j in range(steps):
-            if keep_states:
-                states.append(u)
-            u = u + h * prior.velocity(u, _times(t0, t1, steps, j))
-    return u, states
-
-
-def euler_vjp(
-    prior: Prior, states: list[torch.Tensor], t0: torch.Tensor, t1: torch.Tensor,
-    cotangent: torch.Tensor,
-) -> torch.Tensor:
-    """J_Φᵀ·w for the Euler map Φ through the stored states, one VJP per step (reverse order):
-
-        a ← w;  for j = M−1 … 0:  a ← a + h·J_v(u_j, t_j)ᵀ a;  return a.
-
-    Only one step's network graph exists at a time, so memory does not grow with M.
-    """
-    steps = len(states)
-    h = ((t1 - t0) / steps).view(-1, *([1] * (cotangent.ndim - 1))).to(cotangent.dtype)
-    a = cotangent
-    for j in reversed(range(steps)):
-        _, g = prior.velocity_vjp(states[j], _times(t0, t1, steps, j), a)
-        a = a + h * g
-    return a
-
-
 WARM_START_NFE = 5  # C-ΠGFM evaluations of init="conjugate" (MS-Flow, D-Flow)
 
 
@@ -108,19 +66,5 @@ def warm_start(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: flo
     return prior.to_model(warm.image).to(y.dtype)
 
 
-def invert_euler(prior: Prior, x1: torch.Tensor, grid: list[float], steps: int
-                 ) -> list[torch.Tensor]:
-    """Run the ODE backwards from x1 at t = grid[-1] to grid[0] with ``steps`` Euler steps per
-    interval (u ← u − h·v(u, t) at the interval's end time); returns the states at every
-    grid time, in increasing time order."""
-    out = [x1]
-    u = x1
-    b = x1.shape[0]
-    with torch.no_grad():
-        for k in reversed(range(len(grid) - 1)):
-            h = (grid[k + 1] - grid[k]) / steps
-            for j in range(steps):
-                t = torch.full((b,), grid[k + 1] - j * h, dtype=x1.dtype, device=x1.device)
-                u = u - h * prior.velocity(u, t)
-            out.append(u)
-    return out[::-1]
+__all__ = ["data_sigma", "euler_flow", "euler_vjp", "invert_euler", "radial_reg",
+           "radial_reg_grad", "warm_start"]

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import torch
 
+from ..integrators import euler, euler_vjp, invert_euler, seeded_noise
 from ..operators import LinearOperator
 from ..priors.base import Prior
-from .common import seeded_noise
-from .latent_reg import euler_flow, euler_vjp, invert_euler, radial_reg, radial_reg_grad
+from .latent_reg import radial_reg, radial_reg_grad
 from .weights import solve_weighted_normal
 
 ARMIJO_C = 1e-4
@@ -59,7 +59,7 @@ class Stitching:
         """Φ_k(z[i]) for k = ks[i]; z is (len(ks), B, C, H, W); one batched call per step."""
         n, b = z.shape[:2]
         t0, t1 = self._times(ks, b, z)
-        out, _ = euler_flow(self.prior, z.reshape(n * b, *z.shape[2:]), t0, t1, self.M)
+        out, _ = euler(self.prior, z.reshape(n * b, *z.shape[2:]), t0, t1, self.M)
         return out.reshape(z.shape)
 
     def flow_vjp(self, z: torch.Tensor, ks: list[int], w: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ class Stitching:
         n, b = z.shape[:2]
         t0, t1 = self._times(ks, b, z)
         flat = z.reshape(n * b, *z.shape[2:])
-        _, states = euler_flow(self.prior, flat, t0, t1, self.M, keep_states=True)
+        _, states = euler(self.prior, flat, t0, t1, self.M, keep_states=True)
         g = euler_vjp(self.prior, states, t0, t1, w.reshape(flat.shape))
         return g.reshape(z.shape)
 

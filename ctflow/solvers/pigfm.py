@@ -35,6 +35,7 @@ import torch
 
 from ..errors import MethodError
 from ..operators import LinearOperator
+from ..paths import x1_hat
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .context import resolve_options, task_context
@@ -141,7 +142,7 @@ def _euler(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float |
                 v, vjp = velocity_and_vjp(prior, x, t)
             else:
                 v, vjp = prior.velocity(x, t), None
-            x1 = x + (1 - t) * v
+            x1 = x1_hat(x, t, v)
             px1 = P(x1)
             target = data.at(px1, t)
             resid = target - px1

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..operators import LinearOperator
+from ..paths import interpolate
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .context import resolve_options, task_context
@@ -79,7 +80,7 @@ def pnpflow(
             step = o["gamma"] * (1.0 - t) ** o["alpha"] / lip
             z = x - step * op.T(op(x) - mp.y)
             zm = z.unsqueeze(0).expand(m, *z.shape)
-            u = t * zm + (1.0 - t) * randn_like(zm, gen)
+            u = interpolate(zm, randn_like(zm, gen), t)
             u = u.reshape(m * z.shape[0], *z.shape[1:])
             x1 = prior.x1_hat(u, t)  # one batched call for all m draws
             x = x1.reshape(m, *z.shape).mean(0)

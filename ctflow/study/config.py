@@ -25,7 +25,6 @@ the file are taken relative to the file's folder.  Sections and keys (defaults i
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import sys
@@ -284,6 +283,7 @@ def _acquisition(chk: _Checker, table: dict[str, Any], size: int) -> Acquisition
 def _methods(chk: _Checker, table: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from ..errors import MethodError
     from ..solvers import SOLVERS, get_solver
+    from ..solvers.options import option_names
 
     if not table:
         chk.fail("methods", "give at least one method, e.g. [methods.fbp]")
@@ -295,15 +295,14 @@ def _methods(chk: _Checker, table: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not isinstance(options, dict):
             chk.fail(key, f"expected a table of options, got {_show(options)}")
         try:
-            solve, _ = get_solver(name)
+            _, spec = get_solver(name)
         except MethodError as exc:
             chk.fail(key, str(exc))
-        params = inspect.signature(solve).parameters
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        params = option_names(spec.options)  # the registry's declared options
         for opt, value in options.items():
             if opt in ("prior", "seed", "noise_std", "progress", "y", "op"):
                 chk.fail(f"{key}.{opt}", "is set by the study, not per method")
-            if opt not in params and not takes_any:
+            if opt not in params:
                 chk.fail(f"{key}.{opt}", f"method {name} takes no such option")
             if isinstance(value, dict):
                 chk.fail(f"{key}.{opt}", f"expected a value, got a table {_show(value)}")
