@@ -26,7 +26,7 @@ class Reconstruction:
     seconds: float
     method: str
     info: dict[str, Any] = field(default_factory=dict)
-    # samples > 1: the per-pixel standard deviation of the posterior samples (an
+    # posterior_samples > 1: the per-pixel standard deviation of the posterior samples (an
     # uncertainty map, same shape and units as ``image``); None otherwise
     spread: torch.Tensor | None = None
 
@@ -49,7 +49,7 @@ def reconstruct(
     seed: int = 0,
     progress: bool = False,
     consistency: str = "auto",
-    samples: int = 1,
+    posterior_samples: int = 1,
     **options: Any,
 ) -> Reconstruction:
     """Reconstruct images from measurements y ``(B, C, *op.out_shape)``.
@@ -61,7 +61,7 @@ def reconstruct(
     level then comes from the counts); None elsewhere: treated as noiseless.
     ``nfe`` is the network-evaluation budget of the step-based flow samplers; other options
     go to the method (see its docstring).
-    ``samples`` = K > 1 (flow methods): K posterior samples per image, run as one batch
+    ``posterior_samples`` = K > 1 (flow methods): K posterior samples per image, run as one batch
     (each with its own noise from ``seed``), and ``image`` is their mean — an estimate of
     the posterior mean, which has lower error than any one sample (for exact samples the
     expected squared error of one is twice the mean's) — with their per-pixel std in
@@ -81,7 +81,7 @@ def reconstruct(
             raise PriorError(f"prior {prior_obj.name!r} serves {prior_obj.sizes().describe()}, "
                              f"the operator takes {op.in_shape} images")
         prior_obj.reset_nfe()
-    samples = _check_samples(samples, spec.needs_prior, method)
+    samples = _check_samples(posterior_samples, spec.needs_prior, method)
     if nfe is not None:
         options["nfe"] = int(nfe)
     validate_options(method, options)  # the declared Options: unknown names, bad values
@@ -104,7 +104,7 @@ def reconstruct(
     seconds = time.perf_counter() - start
     info = {**out.info, **screened}
     if samples > 1:
-        info.update(samples=samples, network_calls=out.nfe)
+        info.update(posterior_samples=samples, network_calls=out.nfe)
     if estimated is not None:
         info["noise_std_estimated"] = estimated.sigma
         info["notes"] = [*info.get("notes", []), estimated.describe()]
@@ -113,11 +113,13 @@ def reconstruct(
 
 
 def _check_samples(samples: object, needs_prior: bool, method: str) -> int:
-    """``samples`` as a positive int; more than one only for the (stochastic) flow methods."""
+    """``posterior_samples`` as a positive int; more than one only for the (stochastic) flow
+    methods."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise MethodError(f"samples must be a positive integer, got {samples!r}")
+        raise MethodError(f"posterior_samples must be a positive integer, got {samples!r}")
     if samples > 1 and not needs_prior:
-        raise MethodError(f"samples applies to the flow methods; {method!r} is deterministic")
+        raise MethodError(f"posterior_samples applies to the flow methods; {method!r} is "
+                          f"deterministic")
     return samples
 
 

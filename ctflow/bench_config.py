@@ -124,8 +124,8 @@ def prior_label(prior: str | Prior) -> str:
     return str(prior)
 
 
-# Options ctflow.reconstruct itself takes for any method (e.g. conjugate.samples=8).
-API_OPTIONS = ("samples", "consistency")
+# Options ctflow.reconstruct itself takes for any method (e.g. conjugate.posterior_samples=8).
+API_OPTIONS = ("posterior_samples", "consistency")
 
 
 def method_options(config: BenchConfig, methods: list[str]) -> dict[str, dict[str, Any]]:

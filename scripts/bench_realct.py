@@ -4,7 +4,7 @@ Runs ``ctflow bench --data realct`` (ctflow.bench.run_bench) once per (size, var
 OUT/<size>/<variant>/ (each a full bench report, resumable) and writes OUT/summary.md: one
 table of mean PSNR (dB) per size, methods × tasks, and the best flow method's margin over
 TV.  A *variant* is a set of methods with options, e.g. ``samples8`` = C-ΠGFM averaging 8
-posterior samples (``ctflow.reconstruct(..., samples=8)``).
+posterior samples (``ctflow.reconstruct(..., posterior_samples=8)``).
 
 Example (the README's table; several hours of one CPU core at 256²):
 
@@ -32,7 +32,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "MBIR": ("mbir", {}, "base"),
     "C-ΠGFM@5": ("conjugate", {}, "base"),
     "ΠGFM@5": ("pigfm", {}, "base"),
-    "C-ΠGFM@5 × 8 samples": ("conjugate", {"samples": 8}, "samples8"),
+    "C-ΠGFM@5 × 8 samples": ("conjugate", {"posterior_samples": 8}, "samples8"),
     "MS-Flow": ("msflow", {}, "msflow"),
 }
 FLOW_LABELS = ("C-ΠGFM@5", "ΠGFM@5", "C-ΠGFM@5 × 8 samples", "MS-Flow")

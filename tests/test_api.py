@@ -52,7 +52,7 @@ def test_prior_size_mismatch():
 
 
 def test_posterior_mean_of_samples():
-    """samples=K runs K seeded posterior samples as one batch and returns their mean and
+    """posterior_samples=K runs K seeded posterior samples as one batch and returns their mean and
     per-pixel spread; the mean is closer to the truth than one sample, and the same seed
     gives the same result."""
     from ctflow.metrics import psnr
@@ -62,14 +62,27 @@ def test_posterior_mean_of_samples():
     x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     y = op(x)
     one = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=8, seed=0)
-    mean = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=8, seed=0, samples=16)
-    again = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=8, seed=0, samples=16)
+    mean = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=8, seed=0,
+                              posterior_samples=16)
+    again = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=8, seed=0,
+                               posterior_samples=16)
     assert mean.image.shape == x.shape and mean.spread.shape == x.shape
     assert torch.equal(mean.image, again.image)
-    assert mean.nfe == 16 * one.nfe and mean.info["network_calls"] == one.nfe
+    assert mean.nfe == 16 * one.nfe and mean.info["posterior_samples"] == 16
+    assert mean.info["network_calls"] == one.nfe
     assert float(mean.spread.mean()) > 0.05  # the unobserved pixels vary between samples
     assert psnr(mean.image, x) > psnr(one.image, x) + 1.0
     with pytest.raises(MethodError, match="deterministic"):
-        ctflow.reconstruct(y, op, method="cgls", samples=4)
+        ctflow.reconstruct(y, op, method="cgls", posterior_samples=4)
     with pytest.raises(MethodError, match="positive integer"):
-        ctflow.reconstruct(y, op, method="pigfm", prior=prior, samples=0)
+        ctflow.reconstruct(y, op, method="pigfm", prior=prior, posterior_samples=0)
+
+
+def test_posterior_samples_leave_pnpflows_own_samples_option_alone():
+    """PnP-Flow's ``samples`` (denoiser draws per step) is its own option, not the API's
+    posterior averaging."""
+    prior = GaussianPrior(torch.zeros(4, 4), torch.ones(4, 4))
+    op = Sub2(4)
+    y = op(torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3)))
+    res = ctflow.reconstruct(y, op, method="pnpflow", prior=prior, nfe=4, seed=0, samples=3)
+    assert res.image.shape == (1, 1, 4, 4) and "posterior_samples" not in res.info

@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nfe", type=int, default=None,
                    help="network-evaluation budget of the flow samplers (default: the "
                    "method's nfe, listed below)")
-    p.add_argument("--samples", type=int, default=1,
+    p.add_argument("--posterior-samples", type=int, default=1, metavar="K",
                    help="flow methods: average this many posterior samples per slice (one "
                    "batch; K times the network work) — the posterior mean, lower error than "
                    "one sample (default: 1)")
@@ -252,7 +252,7 @@ def reconstruct_slices(data, args: argparse.Namespace,
         y = torch.from_numpy(np.ascontiguousarray(data.sinogram[i]))[None, None]
         res = reconstruct(y, op, method=args.method, prior=prior, nfe=args.nfe,
                           noise_std=None if noise_std is None else float(noise_std),
-                          seed=args.seed + i, samples=args.samples,
+                          seed=args.seed + i, posterior_samples=args.posterior_samples,
                           **{"consistency": args.consistency, **options})
         for warning in res.info.get("warnings", []):  # e.g. dead views left out
             tqdm.write(f"ctflow: warning: {args.input}: slice {i}: {warning}", file=sys.stderr)
