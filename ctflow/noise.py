@@ -15,8 +15,9 @@ Below NOISELESS_REL·RMS(y) an estimate is reported as 0 (noiseless: simulated d
 leave about 1e-6·RMS(y) there).  The symmetric projector route's range is that of the
 symmetrised matrix A_s, which differs from the operator's A by ~1e-4 relative, so noiseless
 data leave (A − A_s)x outside it: up to 1.2e-4·RMS(y) measured (fan beam, 256², real slices)
-— there the floor is NOISELESS_REL_SYM (real 1e6-photon noise still measures ≥ 4.8e-4).  For Poisson data the estimate is an average over rays; the
-pre-log model with per-ray weights is the accurate one where the photon count is known.
+— there the floor is NOISELESS_REL_SYM (real 1e6-photon noise still measures ≥ 4.8e-4).
+For Poisson data the estimate is an average over rays; the pre-log model with per-ray
+weights is the accurate one where the photon count is known.
 """
 
 from __future__ import annotations
