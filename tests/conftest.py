@@ -9,6 +9,7 @@ Hypothesis runs derandomized: the same examples on every run and machine, so a r
 is reproducible and CI does not fail at random.  Explore new examples with
 ``CTFLOW_HYPOTHESIS=explore python3 -m pytest`` and pin what they find with ``@example``."""
 
+import logging
 import os
 
 import pytest
@@ -61,3 +62,15 @@ def private_cache(tmp_path_factory, one_thread):
         os.environ.pop("CTFLOW_CACHE_DIR", None)
     else:
         os.environ["CTFLOW_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def ctflow_log_handlers():
+    """Remove the stderr handler ``ctflow.cli.main`` adds to the ctflow logger: it holds
+    the test's captured stderr, closed once the test ends."""
+    logger = logging.getLogger("ctflow")
+    before = list(logger.handlers)
+    yield
+    for handler in logger.handlers[:]:
+        if handler not in before:
+            logger.removeHandler(handler)

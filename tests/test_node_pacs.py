@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 import signal
@@ -38,19 +37,7 @@ from ctflow.phantoms import phantom
 from ctflow.simulate import noise_std, simulate_volume
 from ctflow.units import mu_to_hu
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def ctflow_log_handlers():
-    """Remove the stderr handler ``ctflow.cli.main`` adds to the ctflow logger: it holds
-    the test's captured stderr, closed once the test ends."""
-    logger = logging.getLogger("ctflow")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[:]:
-        if handler not in before:
-            logger.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("one_thread", "ctflow_log_handlers")
 
 SLICES, SIZE, PIXEL_MM, SLICE_MM = 8, 64, 0.7, 2.5
 JOB = {"acquisition": {"views": 30, "photons": 1e5, "seed": 4},

@@ -18,19 +18,7 @@ from ctflow.node.job import JobRunner, check_volume, describe, load_job, parse_j
 from ctflow.node.spool import Spool
 from ctflow.phantoms import phantom
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def ctflow_log_handlers():
-    """Remove the stderr handler ``ctflow.cli.main`` adds to the ctflow logger: it holds
-    the test's captured stderr, closed once the test ends."""
-    logger = logging.getLogger("ctflow")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[:]:
-        if handler not in before:
-            logger.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("one_thread", "ctflow_log_handlers")
 
 
 @pytest.mark.parametrize("text, peer", [
