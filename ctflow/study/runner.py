@@ -38,6 +38,7 @@ CONFIG = "config.json"
 MACHINE = "machine.json"
 EXAMPLES = "examples"
 MAX_BATCH = 16
+BATCHES_PER_WORKER = 16
 # Keys of config.json that must match to resume: the grid may grow, the rest may not change.
 FIXED_KEYS = ("size", "prior", "device", "threads", "data", "metrics")
 
@@ -112,27 +113,35 @@ def context_of(config: StudyConfig, flow_device: str) -> dict[str, Any]:
 
 def batches(pending: list[dict[str, Any]], workers: int,
             size: int | None = None) -> list[list[dict[str, Any]]]:
-    """Flow tasks one per batch; classical tasks of one geometry in batches of ``size``
-    (default: enough batches for 4 per worker, at most MAX_BATCH tasks each)."""
+    """Flow tasks one per batch; classical tasks of one geometry in batches of ``size``.
+
+    Default size: enough batches for ``BATCHES_PER_WORKER`` per worker, at most MAX_BATCH
+    tasks each, so that the last batches, which run while other workers idle, are short.
+    Longest first: flow tasks, then classical batches by decreasing view count (a
+    largest-processing-time-first order that keeps the tail of the schedule short).
+    """
     from ..solvers import SOLVERS
 
     classical = [t for t in pending if not SOLVERS[t["method"]].needs_prior]
     if size is None:
-        size = max(1, min(MAX_BATCH, math.ceil(len(classical) / (4 * max(workers, 1)))))
+        per_batch = math.ceil(len(classical) / (BATCHES_PER_WORKER * max(workers, 1)))
+        size = max(1, min(MAX_BATCH, per_batch))
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    out: list[list[dict[str, Any]]] = []
+    flow: list[list[dict[str, Any]]] = []
+    full: list[list[dict[str, Any]]] = []
     for task in pending:
         if SOLVERS[task["method"]].needs_prior:
-            out.append([task])
+            flow.append([task])
             continue
         geo = (task["geometry"], task["range_deg"], task["views"])
         group = groups.setdefault(geo, [])
         group.append(task)
         if len(group) == size:
-            out.append(group)
+            full.append(group)
             groups[geo] = []
-    out.extend(g for g in groups.values() if g)
-    return out
+    full.extend(g for g in groups.values() if g)
+    full.sort(key=lambda group: (-int(group[0]["views"]), -len(group)))
+    return flow + full
 
 
 def run_study(config: StudyConfig, out: str | os.PathLike[str], workers: int | None = None,
