@@ -230,3 +230,29 @@ def test_acquisition_geometries_and_dead_views():
     other, _ = measure(gt, full, {**task, "noise_seed": 8})
     assert [v for v in range(16) if not other[0, 0, v].any()] != dead
 
+
+
+def test_batches_are_small_and_longest_first():
+    """16 batches per worker, flow tasks alone and first, then classical batches by
+    decreasing view count; every task exactly once."""
+    from ctflow.study.runner import BATCHES_PER_WORKER, batches
+
+    def task(method: str, views: int, k: int) -> dict:
+        return {"key": f"{method}-{views}-{k}", "method": method, "geometry": "parallel",
+                "range_deg": None, "views": views}
+
+    tv = [task("tv", v, k) for k in range(32) for v in (30, 60)]
+    flow = [task("conjugate", 30, k) for k in range(3)]
+    out = batches(tv + flow, workers=2)
+    per_batch = math.ceil(len(tv) / (BATCHES_PER_WORKER * 2))
+    assert per_batch == 2
+    assert [len(b) for b in out[:3]] == [1, 1, 1]
+    assert all(b[0]["method"] == "conjugate" for b in out[:3])
+    assert all(len(b) == per_batch for b in out[3:])
+    views = [b[0]["views"] for b in out[3:]]
+    assert views == sorted(views, reverse=True) and views[0] == 60
+    assert all(len({t["views"] for t in b}) == 1 for b in out)
+    keys = [t["key"] for b in out for t in b]
+    assert sorted(keys) == sorted(t["key"] for t in tv + flow)
+    assert [len(b) for b in batches(tv, workers=1)] == [4] * 16  # 64 tasks in 16 batches
+    assert [len(b) for b in batches(tv * 8, workers=1)] == [16] * 32  # at most MAX_BATCH
