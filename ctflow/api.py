@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from .errors import InputError, MethodError, PriorError
 from .noise import estimate_noise_std
 from .operators import LinearOperator
 from .priors.base import Prior
+from .solvers import context as solver_context
 from .solvers import get_solver, validate_options
 
 
@@ -70,6 +71,10 @@ def reconstruct(
     ``consistency="auto"`` (CT operators) first leaves out dead or saturated views and
     detector columns (``ctflow.consistency``; ``info``: ``masked_views``,
     ``masked_detectors``, ``warnings``); ``"off"`` uses the data as given.
+    The task context (``ctflow.solvers.context``: family, noisy, mask kind, size) is built
+    once, from the screened problem and the noise level passed on, handed to a flow method
+    and reported in ``info["context"]``; ``info`` is typed by the method's TypedDict plus
+    ``ctflow.solvers.info.ReconstructInfo``.
     """
     solve, spec = get_solver(method)
     _check_measurements(y, op)
@@ -92,6 +97,10 @@ def reconstruct(
             and options.get("photons") is None:
         estimated = estimate_noise_std(y, op)
         noise_std = estimated.sigma or None
+    context = solver_context.task_context(op, options.get("task_family"), noise_std,
+                                          options.get("photons"))
+    if spec.needs_prior:  # the classical methods select no presets: not given the context
+        options["context"] = context
     batch = y.repeat_interleave(samples, dim=0) if samples > 1 else y
     out = solve(batch, op, prior=prior_obj, noise_std=noise_std, seed=seed,
                 progress=progress, **options)
@@ -102,7 +111,7 @@ def reconstruct(
     if image.is_cuda:  # CUDA runs asynchronously: time the finished work
         torch.cuda.synchronize(image.device)
     seconds = time.perf_counter() - start
-    info = {**out.info, **screened}
+    info = {**out.info, **screened, "context": asdict(context)}
     if samples > 1:
         info.update(posterior_samples=samples, network_calls=out.nfe)
     if estimated is not None:

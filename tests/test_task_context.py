@@ -1,10 +1,12 @@
-"""The task context of a call: family from the operator class, mask kind computed in ctflow."""
+"""The task context of a call: family from the operator class, mask kind computed in ctflow,
+built once per ``ctflow.reconstruct`` call and handed to the solver."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import ctflow
 from ctflow.errors import MethodError
 from ctflow.operators import (
     FanBeam2D,
@@ -14,7 +16,10 @@ from ctflow.operators import (
     ParallelBeam2D,
     SuperResolution,
 )
-from ctflow.solvers.context import edge_fraction, mask_kind, task_context
+from ctflow.priors import GaussianPrior
+from ctflow.solvers import SOLVERS, get_solver
+from ctflow.solvers import context as context_module
+from ctflow.solvers.context import TaskContext, edge_fraction, mask_kind, task_context
 
 
 def test_inpainting_mask_kind():
@@ -45,3 +50,70 @@ def test_family_is_an_operator_attribute_and_the_context_holds_it():
     assert task_context(ops["sr"]).mask is None
     with pytest.raises(MethodError, match="task_family"):
         task_context(ops["sr"], "mri")
+
+
+# -- one context per ctflow.reconstruct call ------------------------------------------------
+
+N = 16
+
+
+def _problem(seed: int = 0):
+    """A 16² CT problem (clean data) and a Gaussian prior."""
+    op = ParallelBeam2D(image_size=N, views=8)
+    x = torch.rand(1, 1, N, N, generator=torch.Generator().manual_seed(seed)) * 0.02
+    return op(x), op, GaussianPrior(torch.full((N, N), 0.5), torch.full((N, N), 0.1))
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """The contexts ``task_context`` builds while the test runs (a counting wrapper)."""
+    contexts: list[TaskContext] = []
+    original = context_module.task_context
+
+    def counting(*args, **kwargs):
+        contexts.append(original(*args, **kwargs))
+        return contexts[-1]
+
+    monkeypatch.setattr(context_module, "task_context", counting)
+    return contexts
+
+
+@pytest.mark.usefixtures("private_cache")
+@pytest.mark.parametrize("method, options", [
+    ("conjugate", {"nfe": 2}), ("dps", {"nfe": 2}),
+    ("msflow", {"shooting": 2, "segment_steps": 1, "iters": 1, "init": "conjugate"}),
+    ("dflow", {"steps": 1, "iters": 1, "init": "conjugate"}), ("cgls", {"iters": 2}),
+])
+def test_reconstruct_builds_the_context_once_and_a_direct_call_matches(built, method,
+                                                                       options):
+    """Once per call (also through the warm start of msflow / dflow), reported in info;
+    the solver called directly builds the same context itself and returns the same bytes."""
+    y, op, prior = _problem()
+    res = ctflow.reconstruct(y, op, method=method, prior=prior, noise_std=0.01,
+                             consistency="off", seed=3, **options)
+    assert len(built) == 1
+    assert res.info["context"] == {"family": "ct", "noisy": True, "mask": None, "size": N}
+    if not SOLVERS[method].needs_prior:
+        return
+    solve = get_solver(method)[0]
+    out = solve(y, op, prior=prior, noise_std=0.01, seed=3, **options)
+    assert built[1] == built[0] and len(built) == 2
+    assert torch.equal(out.image, res.image) and out.nfe == res.nfe
+
+
+@pytest.mark.usefixtures("private_cache")
+def test_the_context_follows_photons_and_task_family(built):
+    """Photon counts make the context noisy (the solver takes its level from them), as the
+    solver's own context is; ``task_family`` sets the family and is still validated."""
+    y, op, prior = _problem()
+    res = ctflow.reconstruct(y, op, method="pigfm", prior=prior, nfe=2, photons=1e4,
+                             consistency="off", task_family="blur")
+    assert res.info["context"] == {"family": "blur", "noisy": True, "mask": None, "size": N}
+    assert res.info["params"]["task_family"] == "blur"
+    out = get_solver("pigfm")[0](y, op, prior=prior, nfe=2, photons=1e4, task_family="blur")
+    assert built == [built[0]] * 2 and torch.equal(out.image, res.image)
+    with pytest.raises(MethodError, match="task_family"):
+        ctflow.reconstruct(y, op, method="pigfm", prior=prior, task_family="mri")
+    with pytest.raises(MethodError, match="contradicts"):
+        get_solver("pigfm")[0](y, op, prior=prior, nfe=2, task_family="sr",
+                               context=built[0])

@@ -5,7 +5,9 @@ Every solver is a function
     solve(y, op, *, prior, noise_std, seed, progress, **options) -> SolverOutput
 
 with y the measurements ``(B, C, *op.out_shape)`` in the operator's units; it returns the
-image in the operator's input units.  Modules are imported only when their method is used.
+image in the operator's input units.  The flow solvers also take ``context``, the call's
+``context.TaskContext`` (``ctflow.reconstruct`` builds it once; None: the solver builds it).
+Modules are imported only when their method is used.
 Each registry entry declares the method's options (a frozen ``options.MethodOptions``
 dataclass whose fields are the keyword options, validated on construction) and the
 TypedDict of its ``info``; front-ends read options from there, never from signatures.

@@ -63,7 +63,7 @@ from ..paths import vp_norm as _vp_norm
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
 from .conjugate_coeffs import StepCoefficients, step_coefficients
-from .context import resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .guidance import (
     GuidanceTarget,
     check_unit_interval,
@@ -125,6 +125,7 @@ def conjugate(
     rho_scale: float | None = None,
     order: int | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
     photons: float | None = None,
     electronic_noise: float = 0.0,
 ) -> SolverOutput:
@@ -143,9 +144,9 @@ def conjugate(
     −7.3 dB (blur) against jacobian=False on the validation images; at 20 NFE +0.2, 0.0,
     +0.7 and −3.8 dB, for twice the cost per step."""
     noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "conjugate")
-    opts = resolve_options("conjugate", GENERIC, prior, task_context(op, task_family, noise_std),
-                           nfe, ("jacobian",), w=w, lam=lam, tau=tau, rho_scale=rho_scale,
-                           jacobian=jacobian, order=order)
+    ctx = call_context(context, op, task_family, noise_std)
+    opts = resolve_options("conjugate", GENERIC, prior, ctx, nfe, ("jacobian",), w=w, lam=lam,
+                           tau=tau, rho_scale=rho_scale, jacobian=jacobian, order=order)
     _check_order(opts)
     tau = check_unit_interval("tau", opts["tau"])
     steps = steps_for_budget(nfe, 2 if opts["jacobian"] else 1)
@@ -171,6 +172,7 @@ def conjugate_diffusion(
     rho_scale: float | None = None,
     order: int | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
     photons: float | None = None,
     electronic_noise: float = 0.0,
 ) -> SolverOutput:
@@ -180,8 +182,8 @@ def conjugate_diffusion(
     :func:`conjugate`."""
     noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std,
                                       "conjugate-diffusion")
-    opts = resolve_options("conjugate-diffusion", GENERIC, prior,
-                           task_context(op, task_family, noise_std), nfe, ("jacobian",),
+    ctx = call_context(context, op, task_family, noise_std)
+    opts = resolve_options("conjugate-diffusion", GENERIC, prior, ctx, nfe, ("jacobian",),
                            w=w, lam=lam, tau=tau, rho_scale=rho_scale, jacobian=jacobian,
                            order=order)
     _check_order(opts)

@@ -1,9 +1,17 @@
 """The task context of a call and the options it resolves to.
 
 A :class:`TaskContext` says what kind of problem a solver faces — task family, noisy data or
-not, mask kind, image size — and is built once per call (:func:`task_context`).  Every flow
-solver resolves its options the same way (:func:`resolve_options`): the method's generic
-defaults, overlaid by the record of the *prior's* presets that the precedence rule of
+not, mask kind, image size — and is built once per call (:func:`task_context`).
+``ctflow.reconstruct`` builds it, after consistency screening, from the screened operator,
+the noise level it passes (given or estimated; ``photons`` make it noisy, as the solver then
+takes a positive level from the counts) and the ``task_family`` option; it reports it in
+``info["context"]`` and hands it to the flow solvers as their ``context`` keyword (the
+classical solvers select no presets and are not given one).  A flow solver called directly
+without a context builds it the same way (:func:`call_context`); one given a context builds
+none and passes it on to its warm start.
+
+Every flow solver resolves its options the same way (:func:`resolve_options`): the method's
+generic defaults, overlaid by the record of the *prior's* presets that the precedence rule of
 ``ctflow.priors.presets`` selects for the context and budget, overlaid by the options the
 caller gave.  Tuned values are therefore always those tuned with the prior in use; a prior
 without presets gets the generic defaults and a logged warning.
@@ -76,11 +84,26 @@ def mask_kind(op: LinearOperator) -> str | None:
 
 
 def task_context(op: LinearOperator, task_family: str | None = None,
-                 noise_std: float | None = None) -> TaskContext:
-    """The context of a call: ``task_family`` if given (checked), else the operator's."""
+                 noise_std: float | None = None, photons: float | None = None) -> TaskContext:
+    """The context of a call: ``task_family`` if given (checked), else the operator's;
+    noisy when ``noise_std`` is nonzero or ``photons`` is given (the solver's level then comes
+    from the counts and is positive)."""
     family = check_family(task_family) or operator_family(op)
-    return TaskContext(family=family, noisy=bool(noise_std), mask=mask_kind(op),
-                       size=int(op.in_shape[-1]))
+    return TaskContext(family=family, noisy=bool(noise_std) or photons is not None,
+                       mask=mask_kind(op), size=int(op.in_shape[-1]))
+
+
+def call_context(context: TaskContext | None, op: LinearOperator, task_family: str | None,
+                 noise_std: float | None) -> TaskContext:
+    """A solver's context: ``context`` if it was given (``ctflow.reconstruct``), else
+    :func:`task_context` of the call.  MethodError if a given ``task_family`` contradicts
+    the given context."""
+    if context is None:
+        return task_context(op, task_family, noise_std)
+    if task_family is not None and check_family(task_family) != context.family:
+        raise MethodError(f"task_family {task_family!r} contradicts the context's family "
+                          f"{context.family!r}")
+    return context
 
 
 _warned: set[int] = set()

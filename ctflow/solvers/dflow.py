@@ -28,7 +28,7 @@ from ..integrators import invert_euler, seeded_noise
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import ModelProblem, SolverOutput, model_problem
-from .context import resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .latent_reg import data_sigma, radial_reg, warm_start
 
 INITS = ("inverse", "noise", "conjugate")
@@ -53,6 +53,7 @@ def dflow(
     seed: int = 0,
     progress: bool = False,
     task_family: str | None = None,
+    context: TaskContext | None = None,
     steps: int | None = None,
     iters: int | None = None,
     lam: float | None = None,
@@ -70,9 +71,8 @@ def dflow(
     The returned image is the rollout of the evaluated z with the lowest loss;
     ``info["history"]`` holds L and its two parts per evaluation.
     """
-    context = task_context(op, task_family, noise_std)
-    family = context.family
-    o = resolve_options("dflow", GENERIC, prior, context, steps=steps, iters=iters, lam=lam,
+    ctx = call_context(context, op, task_family, noise_std)
+    o = resolve_options("dflow", GENERIC, prior, ctx, steps=steps, iters=iters, lam=lam,
                         init=init)
     steps, iters, lam, init = o["steps"], o["iters"], o["lam"], o["init"]
     _check_options(steps, iters, lam, lr, init)
@@ -80,7 +80,7 @@ def dflow(
     prob = model_problem(y, op, prior, noise_std)
     sigma = data_sigma(prob.y, prob.noise_std)
     nfe0 = prior.nfe
-    x_init, z0 = _initial_code(y, op, prior, prob, noise_std, seed, family, init, steps)
+    x_init, z0 = _initial_code(y, op, prior, prob, noise_std, seed, ctx, init, steps)
     z = z0.detach().clone().requires_grad_(True)
     max_eval = int(1.25 * iters)
     if nfe is not None:
@@ -132,12 +132,12 @@ def _check_options(steps: Any, iters: Any, lam: Any, lr: Any, init: Any) -> None
 
 
 def _initial_code(y: torch.Tensor, op: LinearOperator, prior: Prior, prob: ModelProblem,
-                  noise_std: float | None, seed: int, family: str | None, init: str,
+                  noise_std: float | None, seed: int, context: TaskContext, init: str,
                   steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_init, z_0): x_init the C-ΠGFM warm start (init "conjugate") or A⁺y; z_0 the
     ODE run backwards from x_init ("inverse", "conjugate") or seeded noise ("noise")."""
     if init == "conjugate":
-        x_init = warm_start(y, op, prior, noise_std, seed, family).to(prob.y.dtype)
+        x_init = warm_start(y, op, prior, noise_std, seed, context).to(prob.y.dtype)
     else:
         with torch.no_grad():
             x_init = op.pinv(prob.y).to(prob.y.dtype)

@@ -24,7 +24,7 @@ from ..operators import LinearOperator
 from ..paths import x1_hat
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
-from .context import resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .defaults import check_positive, check_steps, lipschitz, noise_stream, randn_like
 
 # Generic defaults (a prior's presets overlay them).
@@ -42,14 +42,15 @@ def dps(
     nfe: int | None = None,
     zeta: float | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
 ) -> SolverOutput:
     """DPS reconstruction (update equations in the module docstring).
 
     Options (None → per-family default): ``nfe`` budget (2 per step), ``zeta`` guidance
     strength, ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve_options("dps", GENERIC, prior, task_context(op, task_family, noise_std),
-                        nfe=nfe, zeta=zeta)
+    ctx = call_context(context, op, task_family, noise_std)
+    o = resolve_options("dps", GENERIC, prior, ctx, nfe=nfe, zeta=zeta)
     steps = check_steps("dps", o["nfe"], per_step=2)
     check_positive("dps", zeta=o["zeta"])
     mp = model_problem(y, op, prior, noise_std)

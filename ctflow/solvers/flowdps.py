@@ -30,7 +30,7 @@ from ..operators import LinearOperator
 from ..paths import interpolate, x1_hat
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
-from .context import resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .defaults import (
     check_int,
     check_positive,
@@ -56,6 +56,7 @@ def flowdps(
     dc_steps: int | None = None,
     eta: float | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
 ) -> SolverOutput:
     """FlowDPS reconstruction (update equations in the module docstring).
 
@@ -63,8 +64,8 @@ def flowdps(
     the clean estimate per flow step, ``eta`` their step relative to 1/‖A‖² (stable below
     2), ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve_options("flowdps", GENERIC, prior, task_context(op, task_family, noise_std),
-                        nfe=nfe, dc_steps=dc_steps, eta=eta)
+    ctx = call_context(context, op, task_family, noise_std)
+    o = resolve_options("flowdps", GENERIC, prior, ctx, nfe=nfe, dc_steps=dc_steps, eta=eta)
     steps = check_steps("flowdps", o["nfe"])
     check_positive("flowdps", eta=o["eta"])
     check_int("flowdps", "dc_steps", o["dc_steps"], 0)

@@ -28,7 +28,7 @@ from ..operators import LinearOperator
 from ..paths import interpolate
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
-from .context import resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .defaults import (
     check_int,
     check_positive,
@@ -55,6 +55,7 @@ def flower(
     nu_scale: float | None = None,
     cg_iters: int | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
 ) -> SolverOutput:
     """Flower reconstruction (update equations in the module docstring).
 
@@ -62,8 +63,9 @@ def flower(
     prior width ν, ``cg_iters`` CG iterations of the proximal step, ``task_family``
     ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve_options("flower", GENERIC, prior, task_context(op, task_family, noise_std),
-                        nfe=nfe, nu_scale=nu_scale, cg_iters=cg_iters)
+    ctx = call_context(context, op, task_family, noise_std)
+    o = resolve_options("flower", GENERIC, prior, ctx, nfe=nfe, nu_scale=nu_scale,
+                        cg_iters=cg_iters)
     steps = check_steps("flower", o["nfe"])
     check_positive("flower", nu_scale=o["nu_scale"])
     check_int("flower", "cg_iters", o["cg_iters"], 1)

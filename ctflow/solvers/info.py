@@ -1,9 +1,9 @@
 """The typed ``info`` records the solvers return (``SolverOutput.info`` / ``res.info``).
 
 One TypedDict per method family; keys a run may leave out (e.g. ``peak_memory_bytes``
-only on CUDA) come from total=False bases.  ``ctflow.reconstruct`` adds its own keys on top
-(``masked_views``, ``masked_detectors``, ``warnings``, ``notes``, ``noise_std_estimated``,
-``samples``, ``network_calls``).  Torch-free.
+only on CUDA) come from total=False bases.  ``ctflow.reconstruct`` adds its own keys on top,
+declared by :class:`ReconstructInfo` (no key in both).  ``tests/test_solver_info.py`` runs
+every method and checks the keys it returns against these declarations.  Torch-free.
 """
 
 from __future__ import annotations
@@ -60,20 +60,25 @@ class GuidedInfo(TypedDict):
 
 
 class MsflowInfo(_CudaMemory):
+    """msflow: per-iteration history (objective, data, reg, match, mu, nfe: one list each),
+    step counts, the options used and the first shooting state ``z0`` (a tensor)."""
+
     defects_rms: list[float]
     euler_steps: int
-    history: list[dict[str, float]]
-    jf_acceptance: Any
+    history: dict[str, list[float]]
+    jf_acceptance: float
     options: dict[str, Any]
     sigma: float
-    steps: Any
+    steps: dict[str, int]
     z0: Any
 
 
 class DflowInfo(_CudaMemory):
+    """dflow: per-evaluation history (objective, data, reg, nfe: one list each)."""
+
     euler_steps: int
     evaluations: int
-    history: list[dict[str, float]]
+    history: dict[str, list[float]]
     options: dict[str, Any]
     sigma: float
 
@@ -85,3 +90,28 @@ class BaselineInfo(_BaselineExtras):
     sigma_model: float
     options: dict[str, Any]
     task_family: str | None
+
+
+class ContextInfo(TypedDict):
+    """The call's ``TaskContext`` (``ctflow.solvers.context``) as a dict."""
+
+    family: str | None
+    noisy: bool
+    mask: str | None
+    size: int
+
+
+class _ReconstructExtras(TypedDict, total=False):
+    masked_views: list[int]  # consistency screening of CT data
+    masked_detectors: list[int]
+    warnings: list[str]
+    notes: list[str]  # noise level estimated from the data
+    noise_std_estimated: float
+    posterior_samples: int  # posterior_samples > 1
+    network_calls: int
+
+
+class ReconstructInfo(_ReconstructExtras):
+    """What ``ctflow.reconstruct`` adds to a method's info."""
+
+    context: ContextInfo

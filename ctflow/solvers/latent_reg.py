@@ -23,6 +23,7 @@ from ..integrators import euler_vjp, invert_euler
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .conjugate import conjugate
+from .context import TaskContext
 
 # Model-space data std used for noiseless data, relative to the RMS of the measurements:
 # σ = NOISELESS_REL_STD · RMS(y).  The data term then acts as a (strong) penalty.
@@ -55,13 +56,13 @@ WARM_START_NFE = 5  # C-ΠGFM evaluations of init="conjugate" (MS-Flow, D-Flow)
 
 
 def warm_start(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | None,
-               seed: int, family: str | None, photons: float | None = None,
+               seed: int, context: TaskContext, photons: float | None = None,
                electronic_noise: float = 0.0) -> torch.Tensor:
     """init="conjugate": the C-ΠGFM reconstruction at its tuned ``WARM_START_NFE`` defaults
-    (with the pre-log Poisson weights of ``photons`` if given), in model space (its
-    evaluations count in ``prior.nfe``)."""
+    for the caller's ``context`` (with the pre-log Poisson weights of ``photons`` if given),
+    in model space (its evaluations count in ``prior.nfe``)."""
     warm = conjugate(y, op, prior=prior, noise_std=noise_std, seed=seed,
-                     nfe=WARM_START_NFE, task_family=family, photons=photons,
+                     nfe=WARM_START_NFE, context=context, photons=photons,
                      electronic_noise=electronic_noise)
     return prior.to_model(warm.image).to(y.dtype)
 

@@ -74,7 +74,7 @@ from ..errors import MethodError
 from ..operators import LinearOperator
 from ..priors.base import Prior
 from .common import ModelProblem, SolverOutput, model_problem
-from .context import TaskContext, resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .latent_reg import WARM_START_NFE, data_sigma, warm_start
 from .msflow_stitching import (  # noqa: F401  (prox_data and ARMIJO_C: re-exported)
     ARMIJO_C,
@@ -102,6 +102,7 @@ def msflow(
     seed: int = 0,
     progress: bool = False,
     task_family: str | None = None,
+    context: TaskContext | None = None,
     shooting: int | None = None,
     segment_steps: int | None = None,
     iters: int | None = None,
@@ -139,16 +140,16 @@ def msflow(
     options used.
     """
     noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "msflow")
-    context = task_context(op, task_family, noise_std)
+    ctx = call_context(context, op, task_family, noise_std)
     prob = model_problem(y, op, prior, noise_std, weights)
-    o, mu = _options(prior, context, prob.noise_std, mu, backtracks, shooting=shooting,
+    o, mu = _options(prior, ctx, prob.noise_std, mu, backtracks, shooting=shooting,
                      segment_steps=segment_steps, iters=iters, lam=lam, init=init, eta=eta,
                      mu_growth=mu_growth)
     sigma = data_sigma(prob.y, prob.noise_std)
     st = Stitching(prior, op, prob.y, sigma, float(mu), float(o["lam"]), int(o["shooting"]),
                    int(o["segment_steps"]), weights)
     budget = _Budget(prior, nfe, st, o["init"])
-    x = _initial_image(st, y, prob, noise_std, seed, context.family, o["init"],
+    x = _initial_image(st, y, prob, noise_std, seed, ctx, o["init"],
                        (photons, electronic_noise))
     z = initial_states(st, x, o["init"], seed)
     phi = st.flow(z, list(range(st.K)))
@@ -210,13 +211,13 @@ class _Budget:
 
 
 def _initial_image(st: Stitching, y: torch.Tensor, prob: ModelProblem,
-                   noise_std: float | None, seed: int, family: str | None,
+                   noise_std: float | None, seed: int, context: TaskContext,
                    init: str, photons: tuple[float | None, float]) -> torch.Tensor:
     """x_init: the C-ΠGFM warm start (init "conjugate"; ``photons`` = (I0, σ_e) or
     (None, 0)), else the regularised pseudo-inverse argmin ‖Ax−y‖²_W̃/(2σ²) + (μ/2)‖x‖²
     (→ A⁺y as σ → 0)."""
     if init == "conjugate":
-        return warm_start(y, st.op, st.prior, noise_std, seed, family, *photons
+        return warm_start(y, st.op, st.prior, noise_std, seed, context, *photons
                           ).to(prob.y.dtype)
     zero = torch.zeros(*prob.y.shape[:2], *st.op.in_shape, dtype=prob.y.dtype,
                        device=prob.y.device)

@@ -38,7 +38,7 @@ from ..operators import LinearOperator
 from ..paths import x1_hat
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
-from .context import resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .guidance import (
     GuidanceTarget,
     check_unit_interval,
@@ -69,6 +69,7 @@ def pigfm(
     jacobian: bool | None = None,
     rho_scale: float | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
     photons: float | None = None,
     electronic_noise: float = 0.0,
 ) -> SolverOutput:
@@ -76,9 +77,9 @@ def pigfm(
     (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe.
     ``photons``: pre-log Poisson weights in ŷ_t (module docstring)."""
     noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "pigfm")
-    opts = resolve_options("pigfm", GENERIC_PIGFM, prior, task_context(op, task_family, noise_std),
-                           nfe, ("jacobian",), w=w, tau=tau, jacobian=jacobian,
-                           rho_scale=rho_scale)
+    ctx = call_context(context, op, task_family, noise_std)
+    opts = resolve_options("pigfm", GENERIC_PIGFM, prior, ctx, nfe, ("jacobian",), w=w, tau=tau,
+                           jacobian=jacobian, rho_scale=rho_scale)
     weight = float(opts["w"])
     opts = {k: opts[k] for k in ("w", "tau", "jacobian", "rho_scale", "task_family",
                                  "tuned_at_nfe", "tuned_at_size", "presets")}
@@ -100,15 +101,16 @@ def otode(
     jacobian: bool | None = None,
     rho_scale: float | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
     photons: float | None = None,
     electronic_noise: float = 0.0,
 ) -> SolverOutput:
     """OT-ODE: Euler on dx/dt = v + γ (1−t)/(t r_t²) J_x̂1ᵀ(ŷ − P x̂1) from t0 > 0;
     ``photons``: pre-log Poisson weights in ŷ_t (module docstring)."""
     noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "otode")
-    opts = resolve_options("otode", GENERIC_OTODE, prior, task_context(op, task_family, noise_std),
-                           nfe, ("jacobian",), t0=t0, gamma=gamma, jacobian=jacobian,
-                           rho_scale=rho_scale)
+    ctx = call_context(context, op, task_family, noise_std)
+    opts = resolve_options("otode", GENERIC_OTODE, prior, ctx, nfe, ("jacobian",), t0=t0,
+                           gamma=gamma, jacobian=jacobian, rho_scale=rho_scale)
     gam = float(opts["gamma"])
     start = check_unit_interval("t0", opts["t0"], low_open=True)
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, start,

@@ -27,7 +27,7 @@ from ..operators import LinearOperator
 from ..paths import interpolate
 from ..priors.base import Prior
 from .common import SolverOutput, model_problem
-from .context import resolve_options, task_context
+from .context import TaskContext, call_context, resolve_options
 from .defaults import (
     check_int,
     check_nonnegative,
@@ -55,6 +55,7 @@ def pnpflow(
     gamma: float | None = None,
     alpha: float | None = None,
     task_family: str | None = None,
+    context: TaskContext | None = None,
 ) -> SolverOutput:
     """PnP-Flow reconstruction (update equations in the module docstring).
 
@@ -62,8 +63,9 @@ def pnpflow(
     ``samples`` m noise draws averaged per step, ``gamma`` relative step (stable below 2),
     ``alpha`` step decay exponent, ``task_family`` ``"ct"|"inpainting"|"sr"|"blur"|None``.
     """
-    o = resolve_options("pnpflow", GENERIC, prior, task_context(op, task_family, noise_std),
-                        nfe=nfe, samples=samples, gamma=gamma, alpha=alpha)
+    ctx = call_context(context, op, task_family, noise_std)
+    o = resolve_options("pnpflow", GENERIC, prior, ctx, nfe=nfe, samples=samples, gamma=gamma,
+                        alpha=alpha)
     steps = check_steps("pnpflow", o["nfe"])
     m = check_int("pnpflow", "samples", o["samples"], 1)
     check_positive("pnpflow", gamma=o["gamma"])
