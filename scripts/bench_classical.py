@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 import ctflow
+from ctflow.bench.machine import PeakMemory, machine_info
 from ctflow.io.atomic import atomic_file
-from ctflow.machine import PeakMemory, machine_info
 from ctflow.metrics import psnr
 from ctflow.operators import ParallelBeam2D, astra_backends
 from ctflow.phantoms import phantom

@@ -1,6 +1,6 @@
 """Benchmark C-ΠGFM / C-ΠGDM against the Euler baselines ΠGFM / OT-ODE (and FBP / TV on CT).
 
-Benchmark mode: for each task (``ctflow.tasks``) and held-out phantom (DESIGN §5, split
+Benchmark mode: for each task (``ctflow.bench.tasks``) and held-out phantom (DESIGN §5, split
 ``test`` by default; image i's noise is seeded with i) it reconstructs with
 
 * ``conjugate`` (J_x̂1 ≈ I) and ``conjugate-diffusion`` at NFE 5, 10, 20 (``--conj-nfe``),
@@ -38,8 +38,8 @@ go to ``--tune-out``;
 were tuned with (``NAME.presets.json`` beside its weights; ``--presets STEM`` for another
 checkpoint) and their grid logs into docs/tuning/guided.json.
 
-The report is written by scripts/bench_conjugate_report.py, tune mode lives in
-scripts/bench_conjugate_tune.py.
+The benchmark and tune mode are :mod:`ctflow.bench.guided` (the grid search through the one
+tuner, :mod:`ctflow.bench.tune`), the report :mod:`ctflow.bench.guided_report`.
 """
 
 from __future__ import annotations
@@ -47,164 +47,54 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import ctflow
-import ctflow.priors
-from ctflow.bench import warm_projector
-from ctflow.errors import CtflowError
+from ctflow.bench import guided
+from ctflow.bench.gaussian_fit import fitted_gaussian_prior
+from ctflow.bench.guided import EXTRA_FAMILY_TASK, FAMILY_TASK, GUIDED, TUNE_VARIANTS
+from ctflow.bench.guided_report import merge_csv, report, to_csv
 from ctflow.io.atomic import atomic_file
-from ctflow.metrics import evaluate
-from ctflow.tasks import get_task, heldout_images
-from ctflow.units import mu_to_hu
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
-from bench_conjugate_report import (  # noqa: E402, F401  (paired_difference, targets: tests)
-    command_line,
-    merge_reports,
-    paired_difference,
-    targets,
-    to_csv,
-    write_report,
-)
-from bench_conjugate_tune import (  # noqa: E402, F401  (write_defaults: tests)
-    EXTRA_FAMILY_TASK,
-    FAMILY_TASK,
-    TUNE_VARIANTS,
-    write_defaults,
-)
-from bench_conjugate_tune import tune as tune_grid  # noqa: E402
-
-GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
-SHOWN = {"w": "w", "tau": "τ", "lam": "λ", "gamma": "γ", "t0": "t0", "order": "order"}
-SHOWN_UNLESS = {"order": 1}  # settings left out of the column at this (the usual) value
+TUNING_LOG = Path(__file__).resolve().parents[1] / "docs" / "tuning" / "guided.json"
 
 
-def fitted_gaussian_prior(size: int, count: int = 1024) -> ctflow.priors.GaussianPrior:
-    """An exact-velocity Gaussian prior fitted (mean, PCA covariance) to ``count`` *training*
-    phantoms in a standardised model space — a smoke-test prior for when no trained network
-    is available; its numbers compare integrators, not priors."""
-    from ctflow.phantoms import PhantomDataset
-    from ctflow.units import hu_to_mu
-
-    data = PhantomDataset.split("train", size=size, length=count)
-    mu = torch.stack([hu_to_mu(data[i][0].double()) for i in range(count)]).flatten(1)
-    scale = float(1.0 / (2 * mu.std()))
-    offset = float(-scale * mu.mean())
-    xm = scale * mu + offset
-    mean = xm.mean(0)
-    _, svals, vt = torch.linalg.svd(xm - mean, full_matrices=True)
-    var = torch.full((size * size,), 1e-4, dtype=torch.float64)
-    var[: len(svals)] = torch.clamp(svals**2 / (count - 1), min=1e-4)
-    prior = ctflow.priors.GaussianPrior(mean.view(size, size), var.view(size, size),
-                                        basis=vt.T.contiguous())
-    prior.scale, prior.offset = scale, offset
-    return prior
+def command_line() -> str:
+    """This run's command, as recorded in reports and tuning results."""
+    return "python scripts/bench_conjugate.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def solve(problem, method: str, prior, seed: int, **opts: Any) -> dict[str, Any] | None:
-    """Reconstruct one problem; metrics on HU, or None if the method failed (e.g. diverged)."""
-    try:
-        res = ctflow.reconstruct(problem.y.to(prior.device), problem.op, method=method,
-                                 prior=prior,
-                                 noise_std=problem.noise_std or None, seed=seed, **opts)
-    except CtflowError as exc:
-        print(f"  [{method} {opts}] failed: {exc}", file=sys.stderr)
-        return None
-    hu = mu_to_hu(res.image[0, 0].double().cpu().numpy())
-    if not np.isfinite(hu).all():
-        return None
-    out: dict[str, Any] = evaluate(hu, problem.gt_hu)
-    params = res.info.get("params", {})
-    out.update(seconds=res.seconds, nfe=res.nfe,
-               setting=" ".join(f"{SHOWN[k]}={params[k]:g}" for k in SHOWN
-                                if params.get(k) is not None
-                                and params[k] != SHOWN_UNLESS.get(k)))
-    return out
-
-
-# -- benchmark ---------------------------------------------------------------------------
-def runs(task_name: str, args) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, method, options) of every reconstruction of one task."""
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for method in GUIDED:
-        if method not in args.methods:
-            continue
-        budgets = args.conj_nfe if method.startswith("conjugate") else args.base_nfe
-        out += [(method, method, {"nfe": k, "jacobian": False}) for k in budgets]
-        if method == "conjugate":
-            out += [("conjugate+vjp", method, {"nfe": k, "jacobian": True})
-                    for k in args.vjp_nfe]
-    if get_task(task_name).family == "ct":
-        out += [(m, m, {}) for m in ("fbp", "tv") if m in args.methods]
-    return out
-
-
-def test_images(args, split: str) -> list[np.ndarray]:
-    """The HU images of a run: held-out phantoms, or with --data realct real patients' slices
-    (patient-level split; the phantom split "test" means the real "val" patients)."""
-    if args.data == "realct":
-        from ctflow.realct import validation_images
-
-        return [im.astype(np.float64) for im in validation_images(
-            args.size, args.images, "val" if split == "test" else split)]
-    return heldout_images(args.size, args.images, split=split)
-
-
-def bench_task(task_name: str, args, prior) -> list[dict[str, Any]]:
-    """All rows of one task."""
-    rows = []
-    images = test_images(args, args.split)
-    task = get_task(task_name)
-    problems = [task.problem(img, seed=i) for i, img in enumerate(images)]
-    for p in problems:  # build (or load) each exact projector before anything is timed
-        warm_projector(p.op, prior.device)
-    if prior.device.type == "cuda":  # CUDA start-up and kernel selection are not timed
-        solve(problems[0], "conjugate", prior, args.seed, nfe=2)
-    for label, method, opts in runs(task_name, args):
-        scores = [solve(p, method, prior, args.seed, **opts) for p in problems]
-        row = {"task": task_name, "size": args.size, "method": label,
-               "nfe_budget": opts.get("nfe", 0), "images": len(scores)}
-        if any(s is None for s in scores):
-            row.update(psnr=float("nan"), psnr_std=float("nan"), ssim=float("nan"),
-                       rmse_hu=float("nan"), seconds=float("nan"),
-                       nfe=float(opts.get("nfe", 0)), setting="diverged")
-        else:
-            for key in ("psnr", "ssim", "rmse_hu", "seconds", "nfe"):
-                row[key] = float(np.mean([s[key] for s in scores]))
-            row["psnr_std"] = float(np.std([s["psnr"] for s in scores]))
-            row["setting"] = scores[0]["setting"]
-        row["psnr_images"] = " ".join(f"{s['psnr']:.4f}" for s in scores if s is not None)
-        rows.append(row)
-        print(f"  {task_name:15s} {label:20s} nfe={row['nfe']:5.1f} "
-              f"psnr={row['psnr']:6.2f} ssim={row['ssim']:.3f} s={row['seconds']:.2f} "
-              f"{row['setting']}", file=sys.stderr, flush=True)
-    return rows
+def bench_settings(args: argparse.Namespace) -> guided.GuidedBench:
+    return guided.GuidedBench(size=args.size, images=args.images, split=args.split,
+                              data=args.data, seed=args.seed, methods=args.methods,
+                              conj_nfe=args.conj_nfe, vjp_nfe=args.vjp_nfe,
+                              base_nfe=args.base_nfe)
 
 
 _WORKER_PRIOR: Any = None
 
 
-def _worker_init(args) -> None:
+def _worker_init(args: argparse.Namespace) -> None:
     global _WORKER_PRIOR
     torch.set_num_threads(args.threads)
     _WORKER_PRIOR = load(args)
 
 
-def _worker_task(task_name: str, args) -> list[dict[str, Any]]:
-    return bench_task(task_name, args, _WORKER_PRIOR)
+def _worker_task(task_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return guided.bench_task(task_name, bench_settings(args), _WORKER_PRIOR)
 
 
-def bench(args, prior) -> list[dict[str, Any]]:
+def bench(args: argparse.Namespace, prior: Any) -> list[dict[str, Any]]:
     """All rows, task by task; with ``--workers`` > 1 tasks run in parallel processes."""
     if args.workers <= 1:
-        return [r for name in args.tasks for r in bench_task(name, args, prior)]
+        return [r for name in args.tasks
+                for r in guided.bench_task(name, bench_settings(args), prior)]
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(args.workers, initializer=_worker_init, initargs=(args,)) as pool:
@@ -212,18 +102,38 @@ def bench(args, prior) -> list[dict[str, Any]]:
     return [r for part in parts for r in part]
 
 
-def tune(args, prior) -> dict[str, Any]:
-    """Tune mode: the grid search on the validation split (``bench_conjugate_tune``)."""
-    return tune_grid(args, prior, test_images(args, "val"), solve)
+def tune(args: argparse.Namespace, prior: Any) -> dict[str, Any]:
+    """Tune mode: the grid search on the validation split (ctflow.bench.guided.tune)."""
+    grids = {"w": args.tune_w, "tau": args.tune_tau, "gamma": args.tune_gamma,
+             "t0": args.tune_t0, "rho_scale": args.tune_rho_scale, "lam": args.tune_lam,
+             "order": args.tune_order}
+    run = guided.GuidedTuning(
+        size=args.size, images=args.images, prior=args.prior, command=command_line(),
+        grids=grids, data=args.data, seed=args.seed, families=args.tune_families,
+        variants=args.tune_methods, nfe=args.tune_nfe, base_nfe=args.tune_base_nfe,
+        ct_task=args.tune_ct_task, ct_noisy_task=args.tune_ct_noisy_task, out=args.tune_out)
+    images = guided.bench_images(args.size, args.images, "val", args.data)
+    return guided.tune(run, prior, images)
 
 
-def load(args):
+def load(args: argparse.Namespace) -> Any:
     """The prior named by --prior ('gaussian-fit': the fitted smoke-test prior)."""
     if args.prior == "gaussian-fit":
         if args.device != "cpu":
             raise SystemExit("bench_conjugate: --prior gaussian-fit runs on the CPU only")
         return fitted_gaussian_prior(args.size)
     return ctflow.load_prior(args.prior.replace("{size}", str(args.size)), device=args.device)
+
+
+def write_report(rows: list[dict[str, Any]], commands: list[str], machine: str,
+                 args: argparse.Namespace) -> None:
+    """Print the Markdown report and write it to --out."""
+    text = report(rows, commands, machine, tasks=args.tasks, size=args.size,
+                  split=args.split, device=args.device, log_path=TUNING_LOG)
+    print(text)
+    if args.out:
+        with atomic_file(args.out, overwrite=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -263,7 +173,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", default=["ct30", "ct60", "ct30-1e5", "ct60-1e5",
                                                    "inpaint-box", "inpaint-random", "sr4",
                                                    "blur"],
-                   help="ctflow.tasks names benchmarked (not used by --tune) "
+                   help="ctflow.bench.tasks names benchmarked (not used by --tune) "
                         "(default: %(default)s)")
     p.add_argument("--methods", nargs="+", default=[*GUIDED, "fbp", "tv"],
                    help="methods benchmarked (conjugate also gives the conjugate+vjp rows; fbp "
@@ -343,10 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.write_defaults:
-        write_defaults(args.write_defaults, args.presets)
+        guided.write_defaults(args.write_defaults, TUNING_LOG, args.presets)
         return 0
     if args.from_csv:
-        return merge_reports(args)
+        rows, commands, machine = merge_csv(args.from_csv)
+        write_report(rows, [*commands, command_line()], machine, args)
+        return 0
     if args.device != "cpu":  # otherwise CUDA: the GPU name heads the report
         if not args.device.startswith("cuda"):
             p.error(f"--device {args.device}: 'cpu' or 'cuda[:N]'")

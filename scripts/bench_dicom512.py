@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ctflow.bench.machine import machine_info
 from ctflow.io.atomic import atomic_file
-from ctflow.machine import machine_info
 from ctflow.realct import realct_dir
 
 

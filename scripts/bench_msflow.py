@@ -1,6 +1,6 @@
 """Benchmark MS-Flow against D-Flow, C-ΠGFM and the classical TV / FBP baselines.
 
-Same tasks and held-out phantoms as ``scripts/bench_conjugate.py`` (``ctflow.tasks``):
+Same tasks and held-out phantoms as ``scripts/bench_conjugate.py`` (``ctflow.bench.tasks``):
 sparse-view CT with 30/60 views (noiseless and 1e5 photons), box and random inpainting,
 SR ×4 and Gaussian blur.  For every task it prints a Markdown table (mean PSNR / SSIM /
 RMSE in HU, seconds and NFE per image), then all rows as CSV and the issue's targets:
@@ -31,7 +31,8 @@ family, ``--size`` and, with ``--tune-mask scattered``, that mask kind (the grid
 overlay the record the presets served for that context before), the run in
 docs/tuning/latent.json.  For MS-Flow a
 grid key ``mu`` is stored as ``mu_noisy`` or ``mu_noiseless`` by the noise of the tuning
-tasks (they must agree).
+tasks (they must agree).  The benchmark and the tuning are ctflow.bench.latent (through the
+one tuner of ctflow.bench.tune); this script parses the command line and formats the report.
 
     python3 scripts/bench_msflow.py --tune sr --tune-method msflow --split val --images 2 \
         --tasks sr4 --grid '{"init": ["inverse", "noise"], "iters": [10, 20]}'
@@ -41,95 +42,26 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
-import inspect
 import io
-import itertools
 import json
 import os
 import platform
 import shlex
 import sys
-import tempfile
-import time
-from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-import ctflow
-from ctflow.bench import warm_projector
+from ctflow.bench import latent
+from ctflow.bench.latent import BUDGET, TUNED_SIZE, LatentBench, LatentTuning, targets
+from ctflow.bench.tasks import SOLVER_BENCH_TASKS
 from ctflow.errors import CtflowError
 from ctflow.io.atomic import atomic_file
-from ctflow.metrics import evaluate
-from ctflow.priors import GaussianPrior
-from ctflow.priors.presets import load_presets, merge_records, presets_path, select_record
-from ctflow.priors.registry import resolve as resolve_prior
-from ctflow.solvers import get_solver
-from ctflow.solvers.context import SCATTERED, mask_kind
-from ctflow.tasks import SOLVER_BENCH_TASKS, get_task, heldout_images
-from ctflow.units import mu_to_hu
+from ctflow.solvers.context import SCATTERED
 
-CLASSICAL_ON_CT = ("fbp", "tv")
-TUNED_SIZE = 64  # the size mask-kind records are tuned at
 TUNING_LOG = Path(__file__).resolve().parents[1] / "docs" / "tuning" / "latent.json"
-# MS-Flow capped at the NFE that fits in a third of D-Flow's wall time on the same image
-# (module docstring): the issue's "at ≤ 1/3 of D-Flow's wall time", timed as well
-BUDGET = "msflow-budget"
-BUDGET_MARGIN = 0.9
-TIE_DB = 0.1  # tuning: configurations within this of the best mean PSNR are tied
-
-
-def gaussian_prior(size: int, count: int = 512) -> GaussianPrior:
-    """Mean and PCA covariance of ``count`` training phantoms in a model space with unit
-    half-range (variances floored at 1e-4): an exact-velocity stand-in for a network."""
-    from ctflow.phantoms import PhantomDataset
-    from ctflow.units import hu_to_mu
-
-    data = PhantomDataset.split("train", size=size, length=count)
-    mu = torch.stack([hu_to_mu(data[i][0].double()).flatten() for i in range(count)])
-    lo, hi = float(mu.min()), float(mu.max())
-    scale = 2.0 / (hi - lo)
-    offset = -1.0 - scale * lo
-    xm = scale * mu + offset
-    mean = xm.mean(0)
-    _, s, vt = torch.linalg.svd(xm - mean, full_matrices=True)
-    var = torch.full((size * size,), 1e-4, dtype=torch.float64)
-    var[: len(s)] = (s**2 / (count - 1)).clamp_min(1e-4)
-    prior = GaussianPrior(mean.view(size, size), var.view(size, size), basis=vt.T.contiguous())
-    prior.scale, prior.offset = scale, offset
-    return prior
-
-
-def accepts(method: str, name: str) -> bool:
-    """Whether the solver of ``method`` exists here and has an option ``name``."""
-    try:
-        solve, _ = get_solver(method)
-    except CtflowError:
-        return False
-    return name in inspect.signature(solve).parameters
-
-
-def run_method(problem, method: str, prior, seed: int, opts: dict[str, Any],
-               family: str | None = None) -> dict[str, float] | None:
-    """One reconstruction scored on HU; None if the method is not available here.  Methods
-    taking ``task_family`` get ``family`` unless the options set it."""
-    if family is not None and "task_family" not in opts and accepts(method, "task_family"):
-        opts = {**opts, "task_family": family}
-    try:
-        start = time.perf_counter()
-        res = ctflow.reconstruct(problem.y, problem.op, method=method, prior=prior,
-                                 noise_std=problem.noise_std or None, seed=seed, **opts)
-        seconds = time.perf_counter() - start
-    except CtflowError as exc:
-        print(f"  [{method}] skipped: {exc}", file=sys.stderr)
-        return None
-    hu = mu_to_hu(res.image[0, 0].double().cpu().numpy())
-    return {**evaluate(hu, problem.gt_hu), "seconds": seconds, "nfe": float(res.nfe)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="prior name/path, or 'gaussian' (fitted smoke-test prior) "
                         "(default: %(default)s)")
     p.add_argument("--tasks", nargs="+", default=list(SOLVER_BENCH_TASKS),
-                   help="ctflow.tasks names; --tune: all of family FAMILY "
+                   help="ctflow.bench.tasks names; --tune: all of family FAMILY "
                         "(default: %(default)s)")
     p.add_argument("--methods", nargs="+",
                    default=["msflow", "dflow", BUDGET, "conjugate", "tv", "fbp"],
@@ -189,16 +121,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.tune is not None:
-        tune(args, _prior(args.prior, args.size))
+        tune(args)
         return
     opts = {"msflow": json.loads(args.msflow_opts), "dflow": json.loads(args.dflow_opts),
             "conjugate": json.loads(args.conjugate_opts)}
-    jobs = [(args, name, opts) for name in args.tasks]
+    jobs = [LatentBench(task=name, size=args.size, images=args.images, split=args.split,
+                        prior=args.prior, seed=args.seed, threads=args.threads,
+                        methods=args.methods, options=opts) for name in args.tasks]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            done = list(pool.map(bench_task, jobs))
+            done = list(pool.map(latent.bench_task, jobs))
     else:
-        done = [bench_task(job) for job in jobs]
+        done = [latent.bench_task(job) for job in jobs]
     rows = [r for task_rows, _ in done for r in task_rows]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["task", "method", "psnr", "ssim", "rmse_hu", "seconds",
@@ -230,165 +164,22 @@ def main() -> None:
             tmp.write_text(text, encoding="utf-8")
 
 
-_PRIORS: dict[tuple[str, int], Any] = {}
-
-
-def _prior(name: str, size: int):
-    """The prior of a worker process (loaded once per process)."""
-    if (name, size) not in _PRIORS:
-        _PRIORS[name, size] = gaussian_prior(size) if name == "gaussian" else \
-            ctflow.load_prior(name)
-    return _PRIORS[name, size]
-
-
-def bench_task(job: tuple[argparse.Namespace, str, dict[str, dict[str, Any]]]
-               ) -> tuple[list[dict[str, Any]], str]:
-    """All methods on one task's images: mean rows and the task's Markdown table."""
-    args, name, opts = job
-    torch.set_num_threads(args.threads)
-    prior = _prior(args.prior, args.size)
-    task = get_task(name)
-    images = heldout_images(args.size, args.images, split=args.split)
-    scores: dict[str, list[dict[str, float]]] = defaultdict(list)
-    for i, gt in enumerate(images):
-        problem = task.problem(gt, seed=args.seed + i)
-        warm_projector(problem.op)  # built (or loaded) before anything is timed
-        for method in args.methods:
-            if method in CLASSICAL_ON_CT and task.family != "ct":
-                continue
-            if method == BUDGET:  # MS-Flow capped at a third of D-Flow's time on this image
-                if len(scores["dflow"]) != i + 1 or len(scores["msflow"]) != i + 1:
-                    print(f"  [{BUDGET}] skipped: needs msflow and dflow listed before it",
-                          file=sys.stderr)
-                    continue
-                cap = budget_nfe(scores["msflow"][-1], scores["dflow"][-1])
-                r = run_method(problem, "msflow", prior, args.seed + i,
-                               {**opts.get("msflow", {}), "nfe": cap}, task.family)
-            else:
-                r = run_method(problem, method, prior, args.seed + i, opts.get(method, {}),
-                               task.family)
-            if r is not None:
-                scores[method].append(r)
-    rows = []
-    lines = [f"### {name}: {task.description} ({args.size}², {args.images} images)", "",
-             "| method | PSNR | SSIM | RMSE (HU) | s/image | NFE |", "|---|---|---|---|---|---|"]
-    for method, rs in scores.items():
-        m = {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
-        rows.append({"task": name, "method": method, **m})
-        lines.append(f"| {method} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['rmse_hu']:.1f} | "
-                     f"{m['seconds']:.2f} | {m['nfe']:.0f} |")
-    print(f"done: {name}", file=sys.stderr, flush=True)
-    return rows, "\n".join(lines) + "\n"
-
-
-def budget_nfe(msflow_run: dict[str, float], dflow_run: dict[str, float]) -> int:
-    """The NFE cap of ``msflow-budget``: a third of D-Flow's seconds at MS-Flow's measured
-    seconds per NFE, times ``BUDGET_MARGIN``."""
-    seconds_per_nfe = msflow_run["seconds"] / max(msflow_run["nfe"], 1.0)
-    return int(BUDGET_MARGIN * dflow_run["seconds"] / 3 / seconds_per_nfe)
-
-
-def tune(args: argparse.Namespace, prior) -> None:
-    """Grid search on the validation split; stores the winner and all scores (module doc)."""
+def tune(args: argparse.Namespace) -> None:
+    """--tune: the grid search of ctflow.bench.latent.tune; its result goes to the prior's
+    presets and the tuning log."""
     if args.split != "val":
         raise SystemExit("--tune runs on the validation split only (--split val)")
-    grid: dict[str, list[Any]] = json.loads(args.grid)
-    fixed: dict[str, Any] = json.loads(args.fixed)
-    tasks = [get_task(name) for name in args.tasks]
-    if any(t.family != args.tune for t in tasks):
-        raise SystemExit(f"--tasks must all be of family {args.tune!r}")
-    images = heldout_images(args.size, args.images, split="val")
-    problems = [(t, i, t.problem(gt, seed=args.seed + i)) for t in tasks
-                for i, gt in enumerate(images)]
-    noisy = {p.noise_std > 0 for _, _, p in problems}
-    if args.tune_mask is not None and (args.size != TUNED_SIZE or any(
-            mask_kind(p.op) != args.tune_mask for _, _, p in problems)):
-        raise SystemExit(f"--tune-mask {args.tune_mask} needs --size {TUNED_SIZE} and tasks "
-                         "whose masks are all of that kind")
-    results = []
-    for values in itertools.product(*grid.values()):
-        opts = {**fixed, **dict(zip(grid, values, strict=True))}
-        rs = [run_method(p, args.tune_method, prior, args.seed + i, opts, t.family)
-              for t, i, p in problems]
-        score = {k: float(np.mean([r[k] for r in rs])) for k in ("psnr", "ssim", "seconds",
-                                                                  "nfe")}
-        score["psnr_per_problem"] = [round(r["psnr"], 2) for r in rs]
-        results.append({"options": opts, **score})
-        print(f"{json.dumps(opts)}: PSNR {score['psnr']:.2f} SSIM {score['ssim']:.3f} "
-              f"{score['seconds']:.2f} s NFE {score['nfe']:.0f}", flush=True)
-    best_psnr = max(r["psnr"] for r in results)
-    # ties: a constant μ (a μ schedule makes the recorded objective rise at each μ change,
-    # and the objective must decrease monotonically), then the cheaper in network
-    # evaluations, then the earlier grid point (seconds on a shared CPU are too noisy to
-    # decide between equal-cost settings)
-    tied = [i for i, r in enumerate(results) if r["psnr"] >= best_psnr - TIE_DB]
-    best = results[min(tied, key=lambda i: (results[i]["options"].get("mu_growth", 1.0) != 1.0,
-                                            results[i]["nfe"], i))]
-    chosen = dict(best["options"])
-    if args.tune_method == "msflow" and "mu" in chosen:
-        if len(noisy) != 1:
-            raise SystemExit("tuning mu needs tasks that are all noisy or all noiseless")
-        chosen["mu_noisy" if noisy.pop() else "mu_noiseless"] = chosen.pop("mu")
-    lock_path = Path(tempfile.gettempdir()) / "ctflow-msflow-defaults.lock"
-    with open(lock_path, "w") as lock:  # tuning runs may run in parallel
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _store(args, grid, fixed, chosen, results)
+    run = LatentTuning(family=args.tune, method=args.tune_method, tasks=args.tasks,
+                       grid=json.loads(args.grid), fixed=json.loads(args.fixed),
+                       prior=args.prior, size=args.size, images=args.images, seed=args.seed,
+                       mask=args.tune_mask,
+                       command="python3 scripts/bench_msflow.py " + shlex.join(sys.argv[1:]))
+    try:
+        chosen, psnr = latent.tune(run, latent.load_prior(args.prior, args.size), TUNING_LOG)
+    except CtflowError as exc:
+        raise SystemExit(str(exc)) from None
     print(f"chosen for {args.tune_method}/{args.tune}: {json.dumps(chosen)} "
-          f"(PSNR {best['psnr']:.2f}); written to the presets of {args.prior}")
-
-
-def _store(args: argparse.Namespace, grid: dict[str, list[Any]], fixed: dict[str, Any],
-           chosen: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    """Merge one tuning run into the prior's presets and the tuning log (atomic writes)."""
-    command = "python3 scripts/bench_msflow.py " + shlex.join(sys.argv[1:])
-    stem = resolve_prior(args.prior)
-    presets = load_presets(presets_path(stem))
-    before = None if presets is None else select_record(
-        presets.records(args.tune_method), args.tune, False, args.tune_mask, args.size, None, {})
-    options = {**(before["options"] if before is not None else {}), **chosen}
-    merge_records(stem, args.prior, args.tune_method, [{
-        "family": args.tune, "size": args.size, "mask": args.tune_mask, "options": options,
-        "tuned": {"prior": args.prior, "command": command, "log": "docs/tuning/latent.json"}}])
-    log = json.loads(TUNING_LOG.read_text(encoding="utf-8")) if TUNING_LOG.is_file() else {}
-    entry = log.setdefault("runs", {}).setdefault(args.tune_method, {}).setdefault(
-        args.tune, {"tuning": [], "sizes": {}, "masks": {}})
-    runs = entry["tuning"]
-    if args.size != TUNED_SIZE:
-        runs = entry["sizes"].setdefault(str(args.size), [])
-    elif args.tune_mask is not None:
-        runs = entry["masks"].setdefault(args.tune_mask, [])
-    runs.append({
-        "command": command, "prior": args.prior, "size": args.size, "split": "val",
-        "images": list(range(args.images)), "tasks": args.tasks, "seed": args.seed,
-        "grid": grid, "fixed": fixed, "chosen": chosen,
-        "results": [{**r, "psnr": round(r["psnr"], 3), "ssim": round(r["ssim"], 4),
-                     "seconds": round(r["seconds"], 2)} for r in results]})
-    with atomic_file(TUNING_LOG, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(log, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def targets(rows: list[dict[str, Any]]) -> str:
-    """The issue's targets, one line per task."""
-    by = {(r["task"], r["method"]): r for r in rows}
-    lines = ["targets:"]
-    for task in dict.fromkeys(r["task"] for r in rows):
-        ms, df = by.get((task, "msflow")), by.get((task, "dflow"))
-        for label, run in (("MS-Flow", ms), (BUDGET, by.get((task, BUDGET)))):
-            if run and df:
-                ok = run["psnr"] >= df["psnr"] and run["seconds"] <= df["seconds"] / 3
-                lines.append(f"  {task}: {label} − D-Flow = {run['psnr'] - df['psnr']:+.2f} dB, "
-                             f"time ratio {run['seconds'] / df['seconds']:.2f}, NFE ratio "
-                             f"{run['nfe'] / df['nfe']:.2f} ({'met' if ok else 'NOT met'})")
-        if ms:
-            better = [f"{m} ({r['psnr'] - ms['psnr']:+.2f} dB)" for (t, m), r in by.items()
-                      if t == task and m not in ("msflow", BUDGET) and r["psnr"] > ms["psnr"]]
-            lines.append(f"  {task}: beats MS-Flow in PSNR: {', '.join(better) or 'none'}")
-        tv = by.get((task, "tv"))
-        if ms and tv and task == "ct60":
-            gap = ms["psnr"] - tv["psnr"]
-            lines.append(f"  {task}: MS-Flow − TV = {gap:+.2f} dB "
-                         f"({'met' if gap >= 2 else 'NOT met'})")
-    return "\n".join(lines)
+          f"(PSNR {psnr:.2f}); written to the presets of {args.prior}")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
+from ctflow.bench.machine import machine_info
 from ctflow.io.atomic import atomic_file
-from ctflow.machine import machine_info
 from ctflow.node.address import Peer
 from ctflow.node.job import parse_job
 from ctflow.node.server import Node

@@ -39,12 +39,12 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import ctflow  # noqa: E402
+from ctflow.bench.tasks import task_operator  # noqa: E402
 from ctflow.io.atomic import atomic_file  # noqa: E402
 from ctflow.metrics import psnr  # noqa: E402
 from ctflow.operators import ParallelBeam2D  # noqa: E402
 from ctflow.realct import ATTRIBUTION, validation_images  # noqa: E402
 from ctflow.simulate import noise_std  # noqa: E402
-from ctflow.tasks import task_operator  # noqa: E402
 from ctflow.units import hu_to_mu, mu_to_hu  # noqa: E402
 
 METHODS = ("conjugate", "pigfm", "msflow", "tv")

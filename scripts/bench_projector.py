@@ -61,12 +61,12 @@ import scipy.sparse.linalg as spla
 import torch
 
 import ctflow
+from ctflow.bench.tasks import heldout_images
 from ctflow.metrics import psnr
 from ctflow.operators import FanBeam2D, GaussianBlur, ParallelBeam2D, idempotence_error
 from ctflow.operators.astra_backends import system_matrix
 from ctflow.operators.symmetric_group import group_name, symmetrised_matrix
 from ctflow.simulate import simulate
-from ctflow.tasks import heldout_images
 from ctflow.units import hu_to_mu, mu_to_hu
 
 

@@ -120,7 +120,7 @@ def overhead(work: Path, images: int, repeats: int) -> dict:
 
 
 def report(tp: list[dict], ov: dict, args: argparse.Namespace, loads: tuple) -> str:
-    from ctflow.machine import machine_info
+    from ctflow.bench.machine import machine_info
     from ctflow.study.runner import MAX_BATCH
 
     m = machine_info()

@@ -8,7 +8,8 @@ isocentre) and compares it with the organisers' 512² FBP (``reference_fbp``, wh
 times the pixel size): Pearson correlation and the amplitude ratio, which must equal the pixel
 size when ctflow's fan-beam scaling is right.  Then sparse-angle subsets (every k-th angle
 over the full circle) with FBP and TV, scored against the full-data reference (correlation
-and PSNR with the reference's data range).  Writes docs/check_htc2022.md.
+and PSNR with the reference's data range; ctflow.bench.htc2022).  Writes
+docs/check_htc2022.md.
 
 Data: Helsinki Tomography Challenge 2022 open data, CC BY 4.0 (Meaney A. et al., Zenodo 2022).
 
@@ -21,54 +22,13 @@ import argparse
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 
-import ctflow
+from ctflow.bench.htc2022 import compare, load, reconstruct
 from ctflow.io.atomic import atomic_file
-from ctflow.operators import FanBeam2D
 from ctflow.realct import realct_dir
 
-FILE = "htc2022_ta.h5"
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "check_htc2022.md"
-
-
-def load(folder: Path) -> dict:
-    """Sinogram (the 360° duplicate of 0° dropped), angles (radians), geometry, reference."""
-    with h5py.File(folder / FILE, "r") as fh:
-        a = dict(fh.attrs)
-        return {"sinogram": fh["sinogram"][:720].astype(np.float32),
-                "angles": np.deg2rad(fh["angles_deg"][:720].astype(np.float64)),
-                "reference": fh["reference_fbp"][()].astype(np.float64),
-                "sod": float(a["distanceSourceOrigin"]), "sdd": float(a["distanceSourceDetector"]),
-                "det": float(a["pixelSizePost"]), "pixel": float(a["effectivePixelSizePost"]),
-                "det_count": int(a["numDetectorsPost"])}
-
-
-def operator(data: dict, step: int) -> FanBeam2D:
-    """The scanner's fan-beam geometry for every ``step``-th angle, 512² at the effective pixel."""
-    return FanBeam2D(image_size=data["reference"].shape[0], views=data["angles"][::step],
-                     source_origin_mm=data["sod"], origin_det_mm=data["sdd"] - data["sod"],
-                     pixel_size_mm=data["pixel"], det_count=data["det_count"],
-                     det_spacing_mm=data["det"])
-
-
-def reconstruct(data: dict, step: int, method: str) -> tuple[np.ndarray, float]:
-    """ctflow's reconstruction in reference units (μ·pixel) and its seconds."""
-    op = operator(data, step)
-    y = torch.from_numpy(np.ascontiguousarray(data["sinogram"][::step]))[None, None]
-    res = ctflow.reconstruct(y, op, method=method, consistency="off")
-    return res.image[0, 0].double().numpy() * data["pixel"], res.seconds
-
-
-def compare(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Correlation, amplitude ratio (least squares) and PSNR against the reference."""
-    corr = float(np.corrcoef(image.ravel(), reference.ravel())[0, 1])
-    ratio = float((image * reference).sum() / (image * image).sum())
-    mse = float(np.mean((image - reference) ** 2))
-    span = float(reference.max() - reference.min())
-    return {"corr": corr, "ratio": ratio, "psnr": 10 * np.log10(span**2 / mse)}
 
 
 def main(argv: list[str] | None = None) -> int:

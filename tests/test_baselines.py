@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _scripts import load_script
 
 import ctflow
+from ctflow.bench import baselines as tb
 from ctflow.errors import MethodError
 from ctflow.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
 from ctflow.priors import GaussianPrior
@@ -363,7 +363,6 @@ def test_flower_sigma_and_floor():
 def test_tuning_choice_and_merge():
     """The best setting per family becomes a presets record ("ct-noisy": CT, noisy data);
     the grid scores go to the tuning log."""
-    tb = load_script("tune_baselines")
     rows = {"ct": [{"options": {"zeta": 1.0}, "psnr": 20.0},
                    {"options": {"zeta": 2.0}, "psnr": 25.0}],
             "ct-noisy": [{"options": {"zeta": 1.0}, "psnr": 20.0},

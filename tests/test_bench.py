@@ -214,9 +214,9 @@ def test_dicom_series_as_test_set(tmp_path):
 
 
 def test_hdf5_file_as_test_set(tmp_path):
+    from ctflow.bench.tasks import heldout_images
     from ctflow.io.hdf5 import SinogramFile, write_sinogram
     from ctflow.operators import ParallelBeam2D
-    from ctflow.tasks import heldout_images
     from ctflow.units import hu_to_mu
 
     images = np.stack(heldout_images(16, 2))

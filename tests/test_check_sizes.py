@@ -1,13 +1,12 @@
-"""scripts/check_sizes.py: finds modules over the line limit and functions (methods, nested
-functions) over theirs, prints one line each, and exits 1 over the limits, 0 within."""
+"""scripts/check_sizes.py, run as a command: finds modules over the line limit and functions
+(methods, nested functions) over theirs, prints one line each, and exits 1 over the limits,
+0 within, 2 on a file it cannot parse."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
-
-from _scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_sizes.py"
 
@@ -17,8 +16,12 @@ def _function(name: str, body_lines: int, indent: str = "") -> str:
     return f"{indent}def {name}():\n{body}"
 
 
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_offenders_are_found_and_named(tmp_path):
-    sizes = load_script("check_sizes")
     src = tmp_path / "pkg"
     src.mkdir()
     (src / "small.py").write_text(_function("fine", 5))
@@ -26,23 +29,24 @@ def test_offenders_are_found_and_named(tmp_path):
     big = ("class K:\n" + _function("method", 12, "    ") + _function("outer", 1)
            + "    def inner():\n" + inner + "    return inner\n")
     (src / "big.py").write_text(big + "\n" * 30)
-    found = [o for p in sizes.python_files([src]) for o in sizes.check_file(p, 40, 10)]
-    assert sorted((Path(o.path).name, o.kind, o.name, o.lines) for o in found) == [
-        ("big.py", "function", "K.method", 13), ("big.py", "function", "outer", 14),
-        ("big.py", "function", "outer.inner", 11), ("big.py", "module", "big", 58)]
-    assert sizes.check_file(src / "small.py", 40, 10) == []
+    done = _run("--paths", str(src), "--max-module", "40", "--max-function", "10")
+    assert done.returncode == 1
+    found = [tuple(line.split("  ")) for line in done.stdout.splitlines()]
+    big_path = str(src / "big.py")
+    assert sorted(found) == sorted([
+        (f"{big_path}:1", "module", "big", "58 lines"),
+        (f"{big_path}:2", "function", "K.method", "13 lines"),
+        (f"{big_path}:15", "function", "outer", "14 lines"),
+        (f"{big_path}:17", "function", "outer.inner", "11 lines")])
+    assert _run("--paths", str(src / "small.py"), "--max-module", "40",
+                "--max-function", "10").returncode == 0
 
 
 def test_exit_status_follows_the_limits(tmp_path):
     (tmp_path / "m.py").write_text(_function("f", 20))
-
-    def run(*limits: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(SCRIPT), "--paths", str(tmp_path), *limits],
-                              capture_output=True, text=True, timeout=60)
-
-    over = run("--max-function", "20")
+    over = _run("--paths", str(tmp_path), "--max-function", "20")
     assert over.returncode == 1 and "function  f  21 lines" in over.stdout
-    assert run("--max-function", "21").returncode == 0
+    assert _run("--paths", str(tmp_path), "--max-function", "21").returncode == 0
     (tmp_path / "broken.py").write_text("def (:\n")
-    broken = run()
+    broken = _run("--paths", str(tmp_path))
     assert broken.returncode == 2 and "cannot read" in broken.stderr

@@ -129,8 +129,8 @@ def readme_cli_examples() -> list[list[str]]:
 def bench_pairs_are_valid(words: list[str]) -> None:
     """Every task and method of a bench command exists; fbp only on CT tasks (it refuses
     the others)."""
+    from ctflow.bench.tasks import TASKS
     from ctflow.solvers import SOLVERS
-    from ctflow.tasks import TASKS
 
     args = command_parser("bench").parse_args(words)
     tasks = args.tasks.split(",") if args.tasks else []

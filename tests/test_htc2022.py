@@ -1,12 +1,13 @@
 """Fan-beam geometry and FBP scaling against a real scanner: the HTC2022 measured sinogram
-reconstructed from its stated geometry matches the organisers' FBP (scripts/check_htc2022.py)."""
+reconstructed from its stated geometry matches the organisers' FBP (ctflow.bench.htc2022, the
+logic of scripts/check_htc2022.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from _scripts import load_script
 
+from ctflow.bench import htc2022 as check
 from ctflow.realct import realct_dir
 
 pytestmark = pytest.mark.skipif(not (realct_dir() / "htc2022_ta.h5").is_file(),
@@ -14,7 +15,6 @@ pytestmark = pytest.mark.skipif(not (realct_dir() / "htc2022_ta.h5").is_file(),
 
 
 def test_real_fan_beam_fbp_matches_the_reference():
-    check = load_script("check_htc2022")
     torch.set_num_threads(1)
     data = check.load(realct_dir())
     image, _ = check.reconstruct(data, 1, "fbp")

@@ -1,6 +1,7 @@
 """The layering rules of docs/DESIGN.md §1, checked on the source (every import statement,
-including those inside functions), and the rule that every file write goes through the one
-atomic-write helper, ctflow/io/atomic.py (DESIGN §6)."""
+including those inside functions): scripts import the package, never each other, and
+nothing outside scripts/ imports a script; and the rule that every file write goes through
+the one atomic-write helper, ctflow/io/atomic.py (DESIGN §6)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,58 @@ def test_the_checker_sees_relative_imports():
     text = "from .. import bench\nfrom ..commands import info\nimport ctflow.api\n"
     names = _imports_of(text, "ctflow.solvers")
     assert {"ctflow.bench", "ctflow.commands", "ctflow.api"} <= set(names)
+
+
+SCRIPTS = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+# A script allowed to import a sibling script, with the reason.  The set must match what the
+# scan finds exactly, so an entry is removed once the import is gone.
+SCRIPT_IMPORTS = {
+    ("scripts/fuzz_readers.py", "fuzz_cases"):
+        "the fuzzer's case generator, beside it; tests/test_fuzz_readers.py loads the fuzzer",
+}
+# Files outside scripts/ allowed to load a script by its path, with the reason (exact set).
+SCRIPT_LOADERS = {
+    "tests/test_fuzz_readers.py": "drives the fuzzer's pool and cases in-process",
+}
+
+
+def _script_imports(path: Path) -> set[str]:
+    """The scripts (by module name) that a file imports."""
+    names = _imports_of(path.read_text(encoding="utf-8"), "scripts")
+    return {n.split(".")[0] for n in names} & SCRIPTS
+
+
+def _non_script_files() -> list[Path]:
+    return sorted([*(ROOT / "ctflow").rglob("*.py"), *(ROOT / "operators").glob("*.py"),
+                   *(ROOT / "tests").glob("*.py")])
+
+
+def test_a_script_imports_no_other_script():
+    """Shared logic lives in ctflow (ctflow.bench), not in a script another one imports."""
+    found = {(str(p.relative_to(ROOT)), name) for p in (ROOT / "scripts").glob("*.py")
+             for name in _script_imports(p) if name != p.stem}
+    assert found == set(SCRIPT_IMPORTS), f"move the shared code into ctflow: {found}"
+
+
+def test_nothing_else_imports_a_script():
+    """The package and the tests import ctflow, never scripts/ (tests may run a script as a
+    command)."""
+    bad = [(str(p.relative_to(ROOT)), sorted(_script_imports(p))) for p in _non_script_files()
+           if _script_imports(p)]
+    assert not bad, bad
+    loaders = {str(p.relative_to(ROOT)) for p in _non_script_files() if _loads_a_script(p)}
+    assert loaders == set(SCRIPT_LOADERS), f"test ctflow.bench instead: {loaders}"
+
+
+def _loads_a_script(path: Path) -> bool:
+    """Whether a file loads a module from a file path (``spec_from_file_location``,
+    ``runpy.run_path``) and names the folder "scripts"."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    loads = any(isinstance(node, ast.Call) and (
+        getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+    ) in ("spec_from_file_location", "run_path") for node in ast.walk(tree))
+    return loads and any(isinstance(node, ast.Constant) and node.value == "scripts"
+                         for node in ast.walk(tree))
 
 
 # Files allowed their own rename-into-place, with the reason.  The set must match what the

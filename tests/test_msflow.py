@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _scripts import load_script
 
 import ctflow
+from ctflow.bench.latent import budget_nfe
 from ctflow.errors import MethodError
 from ctflow.operators import GaussianBlur, Identity, Inpainting, LinearOperator, SuperResolution
 from ctflow.priors import GaussianPrior
@@ -351,12 +351,11 @@ def test_cli_passes_the_ct_family(tmp_path, monkeypatch) -> None:
 
 
 def test_bench_budget_fits_a_third_of_dflow_time() -> None:
-    """bench_msflow's msflow-budget cap: a third of D-Flow's seconds at MS-Flow's measured
-    seconds per NFE, with the 10 % margin."""
-    module = load_script("bench_msflow")
+    """bench_msflow's msflow-budget cap (ctflow.bench.latent): a third of D-Flow's seconds at
+    MS-Flow's measured seconds per NFE, with the 10 % margin."""
     # MS-Flow: 100 NFE in 4 s (0.04 s/NFE); D-Flow: 6 s → a third is 2 s → 50 NFE → 45
-    assert module.budget_nfe({"seconds": 4.0, "nfe": 100.0}, {"seconds": 6.0, "nfe": 200.0}) == 45
-    cap = module.budget_nfe({"seconds": 3.0, "nfe": 76.0}, {"seconds": 6.28, "nfe": 204.0})
+    assert budget_nfe({"seconds": 4.0, "nfe": 100.0}, {"seconds": 6.0, "nfe": 200.0}) == 45
+    cap = budget_nfe({"seconds": 3.0, "nfe": 76.0}, {"seconds": 6.28, "nfe": 204.0})
     assert cap * 3.0 / 76.0 <= 6.28 / 3
 
 

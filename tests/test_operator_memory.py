@@ -157,7 +157,7 @@ def test_fbp_back_projection_works_in_small_blocks(cls):
     """FBP back-projects pixel blocks × all views of ~2 M samples in the sample dtype: the
     resident peak at 256², 720 views stays below 300 MB (measured 109 / 193 MB; the
     previous view-chunked float64 version: 526 / 815 MB)."""
-    from ctflow.machine import PeakMemory
+    from ctflow.bench.machine import PeakMemory
     from ctflow.operators import fbp
 
     op = cls(256, 720, backend="astra-cpu")

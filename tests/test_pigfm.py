@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _scripts import load_script
 from scipy.integrate import solve_ivp
 
 import ctflow
+from ctflow.bench import guided
+from ctflow.bench.gaussian_fit import fitted_gaussian_prior
+from ctflow.bench.guided_report import paired_difference, targets
 from ctflow.errors import MethodError, PriorError
 from ctflow.operators import SuperResolution
 from ctflow.priors.gaussian import GaussianPrior
@@ -307,20 +311,25 @@ def test_user_prior_checkpoint_loads_its_own_presets(tmp_path):
 
 
 def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path):
-    """bench_conjugate --tune: one record per budget, the best of its grid, saved to
-    --tune-out; --write-defaults puts the records into the presets beside the tuned
-    prior (replacing the one with the same selection key) and the grid into the log."""
-    bc = load_script("bench_conjugate")
+    """The guided samplers' tuning (ctflow.bench.guided, bench_conjugate --tune): one record
+    per budget, the best of its grid, saved to the tuning result; write_defaults puts the
+    records into the presets beside the tuned prior (replacing the one with the same
+    selection key) and the grid into the log."""
     out = tmp_path / "tune.json"
-    assert bc.main(["--tune", "--size", "16", "--prior", "gaussian-fit", "--images", "1",
-                    "--tune-families", "inpainting", "--tune-methods", "pigfm",
-                    "--tune-base-nfe", "2", "3", "--tune-w", "1", "3", "--tune-tau", "0.2",
-                    "--tune-out", str(out)]) == 0
+    grids = {"w": [1.0, 3.0], "tau": [0.2], "gamma": [1.0], "t0": [0.2], "rho_scale": [10.0],
+             "lam": [0.0], "order": [1]}
+    run = guided.GuidedTuning(size=16, images=1, prior="gaussian-fit", command="tune-run",
+                              grids=grids, families=["inpainting"], variants=["pigfm"],
+                              base_nfe=[2, 3], out=str(out))
+    got = guided.tune(run, fitted_gaussian_prior(16), guided.bench_images(16, 1, "val"))
     result = json.loads(out.read_text(encoding="utf-8"))
+    assert result == got and result["images"] == "heldout_images(16, 1, split='val')"
     assert [len([g for g in result["grid"] if g["nfe"] == k]) for k in (2, 3)] == [2, 2]
+    assert len(result["chosen"]) == 2
     for rec in result["chosen"]:
         rows = [g for g in result["grid"] if g["nfe"] == rec["nfe"]]
         assert rec["psnr_val"] == max(g["psnr_val"] for g in rows)
+        assert rec["w"] == next(g["w"] for g in rows if g["psnr_val"] == rec["psnr_val"])
         assert rec["size"] == 16 and rec["method"] == "pigfm"
     stem = tmp_path / "toy"
     (tmp_path / "toy.presets.json").write_text(json.dumps({
@@ -330,7 +339,7 @@ def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path):
             {"family": "ct", "size": 16, "nfe": 2, "requires": {"jacobian": False},
              "options": {"w": 5.0}, "tuned": {"command": "kept"}}]}}))
     log = tmp_path / "log.json"
-    bc.write_defaults([str(out)], str(stem), log)
+    guided.write_defaults([str(out)], log, str(stem))
     merged = load_presets(tmp_path / "toy.presets.json").records("pigfm")
     inpainting = [r for r in merged if r["family"] == "inpainting"]
     assert [r["nfe"] for r in inpainting] == [2, 3]
@@ -341,17 +350,18 @@ def test_tuning_run_records_the_argmax_per_budget_and_merges(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_bench_on_a_missing_gpu_is_refused_before_any_work():
-    bc = load_script("bench_conjugate")
-    with pytest.raises(SystemExit) as stop:
-        bc.main(["--device", "cuda", "--prior", "no-such-prior"])
-    assert stop.value.code == 2
+    """scripts/bench_conjugate.py --device cuda without a GPU: a usage error (exit 2) before
+    any prior is loaded."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_conjugate.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cuda", "--prior",
+                           "no-such-prior"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no CUDA GPU is available" in done.stderr
 
 
 def test_bench_targets_are_paired_per_image():
     """bench_conjugate's target lines: mean difference of per-image PSNR, its standard
     error std(d, ddof=1)/√n and the count of images ahead; without per-image scores the
-    plain difference of the means."""
-    bc = load_script("bench_conjugate")
+    plain difference of the means (ctflow.bench.guided_report)."""
 
     def row(method, nfe, scores):
         return {"task": "ct60", "method": method, "nfe_budget": nfe,
@@ -361,10 +371,10 @@ def test_bench_targets_are_paired_per_image():
     c5, p5 = row("conjugate", 5, [40.0, 42.0, 45.0]), row("pigfm", 5, [39.0, 42.5, 42.0])
     p100, tv = row("pigfm", 100, [41.0, 41.0, 41.0]), row("tv", 0, [30.0, 31.0, 32.0])
     d = np.array([1.0, -0.5, 3.0])
-    assert bc.paired_difference(c5, p5) == (
+    assert paired_difference(c5, p5) == (
         f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(3):.2f} SE, ahead on 2/3 images")
-    text = bc.targets([c5, p5, p100, tv])
+    text = targets([c5, p5, p100, tv])
     assert "C-ΠGFM@5 − ΠGFM@5 = +1.17 ± 1.01 SE, ahead on 2/3 images (met" in text
     assert "best ΠGFM@≥50 (NFE 100) = +1.33" in text and "C-ΠGFM@5 − TV = +11.33" in text
     old = {**c5, "psnr_images": ""}
-    assert bc.paired_difference(old, p5) == "+1.17"
+    assert paired_difference(old, p5) == "+1.17"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ctflow
-from ctflow.bench_config import method_accepts
+from ctflow.bench.config import method_accepts
 from ctflow.commands.help_catalog import method_options
 from ctflow.errors import MethodError
 from ctflow.operators import FILTERS, Inpainting
@@ -18,7 +18,7 @@ from ctflow.priors.presets import FAMILIES
 from ctflow.solvers import SOLVERS, get_solver, validate_options
 from ctflow.solvers import options as opts
 
-COMMON = ("prior", "noise_std", "seed", "progress")
+COMMON = ("prior", "noise_std", "seed", "progress", "context")
 
 
 @pytest.mark.parametrize("method", list(SOLVERS))

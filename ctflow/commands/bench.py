@@ -115,8 +115,8 @@ def parse_options(items: list[str], methods: list[str], nfe: int | None) -> dict
 
 
 def _list() -> int:
+    from ..bench.tasks import SOLVER_BENCH_TASKS, TASKS
     from ..solvers import SOLVERS
-    from ..tasks import SOLVER_BENCH_TASKS, TASKS
 
     print("tasks (* = default set):")
     for name, task in TASKS.items():

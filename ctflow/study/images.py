@@ -4,7 +4,7 @@ Sources: ``phantom`` (the procedural phantoms' held-out split), ``dicom`` (a ser
 slices, centre-cropped and resized), ``hdf5`` (the ``/image`` slices of a sinogram file,
 resized; the file's own sinogram is not used: the study simulates its own acquisitions)
 and ``realct`` (the licensed real-CT pool, split by patient; ``ctflow.realct``).  The
-phantom, DICOM and real-pool sources are ``ctflow.bench_sources.make_source``.
+phantom, DICOM and real-pool sources are ``ctflow.bench.sources.make_source``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _load(data: DataSpec, size: int) -> list[np.ndarray]:
     if data.source == "hdf5":
         return _hdf5_images(Path(str(data.path)), data.images, size)
     from ..bench import BenchConfig
-    from ..bench_sources import REALCT, make_source
+    from ..bench.sources import REALCT, make_source
 
     if data.source == "phantom":
         given = None
@@ -58,7 +58,7 @@ def _load(data: DataSpec, size: int) -> list[np.ndarray]:
 
 
 def _hdf5_images(path: Path, count: int, size: int) -> list[np.ndarray]:
-    from ..bench_sources import square_resize
+    from ..bench.sources import square_resize
     from ..io.hdf5 import read_sinogram
 
     data = read_sinogram(path)

@@ -154,7 +154,7 @@ def run_study(config: StudyConfig, out: str | os.PathLike[str], workers: int | N
     ``workers``, ``seconds`` (all of it) and ``run_seconds`` (from the first task submitted
     to the last result stored).  ``client``: a ``distributed.Client`` to use (kept open)
     instead of ``scheduler`` or a new local cluster."""
-    from ..machine import machine_info
+    from ..bench.machine import machine_info
 
     out = Path(out)
     if workers is not None and workers < 1:

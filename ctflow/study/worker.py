@@ -94,9 +94,9 @@ def run_task(context: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
     """Simulate, reconstruct and score one task (see the module docstring)."""
     from ..api import reconstruct
     from ..bench import warm_projector
+    from ..bench.machine import PeakMemory
     from ..errors import CtflowError
     from ..io.atomic import one_line
-    from ..machine import PeakMemory
     from ..operators import GeometryError, OperatorInputError
     from ..solvers import SOLVERS
     from ..units import mu_to_hu

@@ -1,4 +1,4 @@
-"""The results folder of a benchmark (:mod:`ctflow.bench`) and the report made from it.
+"""The results folder of a benchmark (:mod:`ctflow.bench.harness`) and the report made from it.
 
 Layout of ``<out>``: ``results.jsonl`` (one JSON record per solve, keyed by (task, size,
 method, image, seed)), ``config.json``, ``machine.json`` and ``examples/<task>_<size>/`` (the
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .io.atomic import atomic_file
-from .metrics import evaluate
+from ..errors import InputError
+from ..io.atomic import atomic_file
+from ..metrics import evaluate
 from .tasks import TASKS
 
 RESULTS = "results.jsonl"

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench_report import ResultStore
-from .errors import InputError, MethodError, OutputError, PriorError
-from .priors.base import Prior
-from .solvers import SOLVERS, get_solver, get_spec, validate_options
-from .solvers.options import option_names
+from ..errors import InputError, MethodError, OutputError, PriorError
+from ..priors.base import Prior
+from ..solvers import SOLVERS, get_solver, get_spec, validate_options
+from ..solvers.options import option_names
+from .report import ResultStore
 
 FORMAT_VERSION = 1
 

@@ -120,7 +120,7 @@ def machine_info() -> dict[str, Any]:
         info["astra"] = getattr(astra, "__version__", None) or str(astra.astra.version())
     except Exception:  # astra missing or broken: record that, do not fail the benchmark
         info["astra"] = None
-    from . import __version__
+    from .. import __version__
 
     info["ctflow"] = __version__
     info["git_commit"] = _git_commit()
@@ -143,7 +143,7 @@ def _ram_gb() -> float | None:
 
 
 def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
     try:

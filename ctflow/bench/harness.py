@@ -1,15 +1,15 @@
 """The benchmark harness behind ``ctflow bench`` (DESIGN §5).
 
-For every task (``ctflow.tasks``), image size, held-out image, seed and method it simulates
-the measurements, reconstructs them with :func:`ctflow.reconstruct` and scores the result
-against the ground truth (PSNR, SSIM, RMSE in HU; ``ctflow.metrics``).  Each solve is one
-JSON line in ``<out>/results.jsonl``, keyed by (task, size, method, image, seed), appended and
-flushed as soon as it is done, so an interrupted run continues where it stopped.
+For every task (:mod:`ctflow.bench.tasks`), image size, held-out image, seed and method it
+simulates the measurements, reconstructs them with :func:`ctflow.reconstruct` and scores the
+result against the ground truth (PSNR, SSIM, RMSE in HU; ``ctflow.metrics``).  Each solve is
+one JSON line in ``<out>/results.jsonl``, keyed by (task, size, method, image, seed), appended
+and flushed as soon as it is done, so an interrupted run continues where it stopped.
 :func:`write_report` turns the records into ``report.md`` (one table per task), one CSV and
 one figure per task, next to ``machine.json`` (the machine and library versions).  The
-results folder and the report live in :mod:`ctflow.bench_report`, the machine record and the
-memory measurement in :mod:`ctflow.machine`, the configuration and its checks in
-:mod:`ctflow.bench_config`; their public names are re-exported here.
+results folder and the report live in :mod:`ctflow.bench.report`, the machine record and the
+memory measurement in :mod:`ctflow.bench.machine`, the configuration and its checks in
+:mod:`ctflow.bench.config`, the image sources in :mod:`ctflow.bench.sources`.
 
 Protocol details, fixed so that every method sees identical data:
 
@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench_config import (
+from ..errors import CtflowError, OutputError, PriorError
+from ..io.atomic import atomic_file, one_line
+from ..metrics import evaluate
+from ..operators import GeometryError, LinearOperator, OperatorInputError
+from ..priors.base import Prior
+from ..solvers import SOLVERS
+from ..units import mu_to_hu
+from .config import (
     FORMAT_VERSION,
     BenchConfig,
     RunSettings,
@@ -48,7 +55,8 @@ from .bench_config import (
     method_accepts,
     prior_label,
 )
-from .bench_report import (
+from .machine import PeakMemory, machine_info
+from .report import (
     CONFIG,
     EXAMPLES,
     MACHINE,
@@ -56,28 +64,10 @@ from .bench_report import (
     ResultStore,
     read_json,
     result_key,
-    summarize,
     write_report,
 )
-from .bench_report import CSV_COLUMNS as CSV_COLUMNS
-from .bench_report import HU_WINDOW as HU_WINDOW
-
-# CSV_COLUMNS, HU_WINDOW, MB and summarize are re-exported for callers of ctflow.bench.
-from .bench_sources import (
-    BenchTask,
-    make_source,
-    square_resize,
-)
-from .errors import CtflowError, OutputError, PriorError
-from .io.atomic import atomic_file, one_line
-from .machine import MB as MB
-from .machine import PeakMemory, machine_info
-from .metrics import evaluate
-from .operators import GeometryError, LinearOperator, OperatorInputError
-from .priors.base import Prior
-from .solvers import SOLVERS
+from .sources import BenchTask, make_source
 from .tasks import Problem
-from .units import mu_to_hu
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -105,7 +95,7 @@ class _Priors:
         elif size in self._cache:
             obj = self._cache[size]
         else:
-            from .api import load_prior
+            from ..api import load_prior
 
             name = self.prior.replace("{size}", str(size))
             try:
@@ -251,7 +241,7 @@ def _solve_one(problem: Problem, task: BenchTask, size: int, image: int, seed: i
                device: torch.device, examples: Path | None) -> dict[str, Any]:
     """Reconstruct one problem with one method and score it; a refusal (typed ctflow error)
     is recorded with its message instead of the scores."""
-    from .api import reconstruct
+    from ..api import reconstruct
 
     record: dict[str, Any] = {"key": result_key(task.name, size, method, image, seed),
                               "task": task.name, "size": size, "method": method,
@@ -287,6 +277,3 @@ def _record_machine(out: Path, machine: dict[str, Any], solves: int) -> None:
                  "machine": machine})
     _write_json(out / MACHINE, {"machine": machine, "runs": runs})
 
-
-__all__ = ["BenchConfig", "PeakMemory", "ResultStore", "machine_info", "method_accepts",
-           "result_key", "run_bench", "square_resize", "summarize", "write_report"]

@@ -16,8 +16,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .errors import InputError
-from .operators import (
+from ..errors import InputError
+from ..operators import (
     FanBeam2D,
     GaussianBlur,
     Inpainting,
@@ -25,8 +25,8 @@ from .operators import (
     ParallelBeam2D,
     SuperResolution,
 )
-from .simulate import noise_std, simulate
-from .units import hu_to_mu
+from ..simulate import noise_std, simulate
+from ..units import hu_to_mu
 
 # Measurement noise of the non-CT tasks: relative Gaussian std (σ = noise · RMS(Ax)).
 IMAGE_TASK_NOISE = None
@@ -148,7 +148,7 @@ def get_task(name: str) -> Task:
 
 def heldout_images(size: int, count: int, split: str = "test") -> list[np.ndarray]:
     """The fixed held-out phantoms (HU) of a split: seeds disjoint from training."""
-    from .phantoms import PhantomDataset
+    from ..phantoms import PhantomDataset
 
     data = PhantomDataset.split(split, size=size, length=count)
     return [data[i][0].numpy() for i in range(count)]

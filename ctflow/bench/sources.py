@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .tasks import SOLVER_BENCH_TASKS, Problem, get_task, heldout_images
 
 if TYPE_CHECKING:
-    from .bench import BenchConfig
+    from .config import BenchConfig
 
 NOISE_SEED_STRIDE = 100_003
 
@@ -79,7 +79,7 @@ class _DicomSource(_Source):
 
     def __init__(self, config: BenchConfig, sizes: list[int]):
         super().__init__(config, sizes)
-        from .io.dicom import read_series
+        from ..io.dicom import read_series
 
         self.path = Path(config.data)
         hu = np.asarray(read_series(self.path).hu, dtype=np.float64)
@@ -108,7 +108,7 @@ class _RealPoolSource(_Source):
 
     def __init__(self, config: BenchConfig, sizes: list[int]):
         super().__init__(config, sizes)
-        from .realct import SPLITS, realct_dir
+        from ..realct import SPLITS, realct_dir
 
         self.split = "val" if config.split == "test" else config.split
         if self.split not in SPLITS:
@@ -117,13 +117,13 @@ class _RealPoolSource(_Source):
         self.folder = realct_dir() if given == REALCT else Path(given)
 
     def _load(self, size: int) -> list[np.ndarray]:
-        from .realct import validation_images
+        from ..realct import validation_images
 
         return [img.astype(np.float64) for img in
                 validation_images(size, self.count, self.split, self.folder)]
 
     def fingerprint(self) -> dict[str, Any]:
-        from .realct import POOL_FILE
+        from ..realct import POOL_FILE
 
         pool = self.folder / POOL_FILE if self.folder.is_dir() else self.folder
         return {"kind": self.kind, "split": self.split, "name": pool.name,
@@ -137,8 +137,8 @@ class _Hdf5Source(_Source):
 
     def __init__(self, config: BenchConfig, sizes: list[int]):
         super().__init__(config, sizes)
-        from .io.hdf5 import read_sinogram
-        from .operators import make_ct_operator
+        from ..io.hdf5 import read_sinogram
+        from ..operators import make_ct_operator
 
         self.path = Path(config.data)
         data = read_sinogram(self.path)
