@@ -1,13 +1,11 @@
-"""scripts/fuzz_readers.py: a fixed-seed fuzz of the HDF5 and DICOM readers finds no hang,
-traceback, invalid result or crash; the harness itself detects each of them; and the bugs
-the fuzzer found stay fixed."""
+"""ctflow.bench.fuzz (scripts/fuzz_readers.py): a fixed-seed fuzz of the HDF5 and DICOM
+readers finds no hang, traceback, invalid result or crash; the harness itself detects each
+of them; and the bugs the fuzzer found stay fixed."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -18,22 +16,15 @@ import pytest
 from ctflow.errors import InputError
 from ctflow.io.dicom import read_series
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_readers.py"
-
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the fuzzer needs os.fork")
 
 
 @pytest.fixture(scope="module")
 def fuzz() -> ModuleType:
-    """The script as a module (registered in sys.modules: it defines dataclasses)."""
-    spec = importlib.util.spec_from_file_location("fuzz_readers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_readers"] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("fuzz_readers", None)
+    """The fuzz harness (ctflow.bench.fuzz)."""
+    from ctflow.bench import fuzz as module
+
+    return module
 
 
 def test_fixed_seed_fuzz_has_no_failures(fuzz):
@@ -76,7 +67,9 @@ def _segfault(path, preset):
 
 
 def _accept_bad(path, preset):
-    raise sys.modules["fuzz_readers"].Invalid("NaN accepted")
+    from ctflow.bench.fuzz import Invalid
+
+    raise Invalid("NaN accepted")
 
 
 @pytest.mark.parametrize("reader, outcome", [(_raise, "traceback"), (_spin, "hang"),

@@ -1,8 +1,9 @@
-"""The cases of scripts/fuzz_readers.py: the valid seed inputs (example sinograms, generated
-fan-beam, reconstruction, DXchange and LoDoPaB-style files, DICOM series) and the seeded
-mutations of one case (bit flips, random bytes, an overwritten 8-byte run, a truncation, an
-integer written into a header field near a structure signature or a DICOM tag, or a
-semantic edit of an attribute / element value through h5py / pydicom).
+"""The cases of the reader fuzz (ctflow.bench.fuzz, scripts/fuzz_readers.py): the valid seed
+inputs (example sinograms, generated fan-beam, reconstruction, DXchange and LoDoPaB-style
+files, DICOM series) and the seeded mutations of one case (bit flips, random bytes, an
+overwritten 8-byte run, a truncation, an integer written into a header field near a
+structure signature or a DICOM tag, or a semantic edit of an attribute / element value
+through h5py / pydicom).
 
 A case is reproducible from (reader, index, seed) alone.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the source checkout (data/examples)
 EXAMPLES = ROOT / "data" / "examples"
 KINDS = ("flip", "bytes", "run8", "truncate", "field", "semantic")
 INTERESTING_INTS = (0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0xFFFF, 2**31 - 1, 2**31,
