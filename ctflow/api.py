@@ -15,6 +15,7 @@ from .operators import LinearOperator
 from .priors.base import Prior
 from .solvers import context as solver_context
 from .solvers import get_solver, validate_options
+from .solvers.options import option_names
 
 
 @dataclass
@@ -66,8 +67,9 @@ def reconstruct(
     (each with its own noise from ``seed``), and ``image`` is their mean — an estimate of
     the posterior mean, which has lower error than any one sample (for exact samples the
     expected squared error of one is twice the mean's) — with their per-pixel std in
-    ``spread``.  ``nfe`` then counts K network evaluations per batched call
-    (``info["network_calls"]`` the calls).
+    ``spread``; samples are drawn at ``temperature`` 1 unless it is given (a preset's
+    lower temperature is a point estimate).  ``nfe`` then counts K network evaluations per
+    batched call (``info["network_calls"]`` the calls).
     ``consistency="auto"`` (CT operators) first leaves out dead or saturated views and
     detector columns (``ctflow.consistency``; ``info``: ``masked_views``,
     ``masked_detectors``, ``warnings``); ``"off"`` uses the data as given.
@@ -86,7 +88,7 @@ def reconstruct(
             raise PriorError(f"prior {prior_obj.name!r} serves {prior_obj.sizes().describe()}, "
                              f"the operator takes {op.in_shape} images")
         prior_obj.reset_nfe()
-    samples = _check_samples(posterior_samples, spec.needs_prior, method)
+    samples = _check_samples(posterior_samples, spec, method, options)
     if nfe is not None:
         options["nfe"] = int(nfe)
     validate_options(method, options)  # the declared Options: unknown names, bad values
@@ -121,14 +123,27 @@ def reconstruct(
                           info=info, spread=spread)
 
 
-def _check_samples(samples: object, needs_prior: bool, method: str) -> int:
+def _sampling_temperature(options: dict[str, Any], samples: int, spec: Any) -> None:
+    """Posterior samples need the start's full noise: ``temperature`` 1 unless given, and a
+    given 0 refused (K identical samples)."""
+    if samples == 1 or "temperature" not in option_names(spec.options):
+        return
+    if options.get("temperature") is None:
+        options["temperature"] = 1.0
+    elif options["temperature"] == 0:
+        raise MethodError("posterior_samples > 1 needs temperature > 0 (at 0 every sample "
+                          "is the same)")
+
+
+def _check_samples(samples: object, spec: Any, method: str, options: dict[str, Any]) -> int:
     """``posterior_samples`` as a positive int; more than one only for the (stochastic) flow
-    methods."""
+    methods, with the sampling temperature (_sampling_temperature) set in ``options``."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise MethodError(f"posterior_samples must be a positive integer, got {samples!r}")
-    if samples > 1 and not needs_prior:
+    if samples > 1 and not spec.needs_prior:
         raise MethodError(f"posterior_samples applies to the flow methods; {method!r} is "
                           f"deterministic")
+    _sampling_temperature(options, samples, spec)
     return samples
 
 

@@ -106,7 +106,7 @@ def tune(args: argparse.Namespace, prior: Any) -> dict[str, Any]:
     """Tune mode: the grid search on the validation split (ctflow.bench.guided.tune)."""
     grids = {"w": args.tune_w, "tau": args.tune_tau, "gamma": args.tune_gamma,
              "t0": args.tune_t0, "rho_scale": args.tune_rho_scale, "lam": args.tune_lam,
-             "order": args.tune_order}
+             "order": args.tune_order, "temperature": args.tune_temperature}
     run = guided.GuidedTuning(
         size=args.size, images=args.images, prior=args.prior, command=command_line(),
         grids=grids, data=args.data, seed=args.seed, families=args.tune_families,
@@ -229,6 +229,10 @@ def _tune_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--tune-lam", nargs="+", type=float, default=[0.0],
                    help="λ values tried for C-ΠGFM / C-ΠGDM (default: %(default)s)")
+    p.add_argument("--tune-temperature", nargs="+", type=float, default=[1.0],
+                   help="start temperatures T tried for every guided method (x(τ) = τ ỹ + "
+                        "(1−τ) T z; 1 samples the posterior, 0 starts deterministically); "
+                        "records then name their temperature (default: %(default)s)")
     p.add_argument("--tune-order", nargs="+", type=int, default=[1], choices=[1, 2],
                    help="integrator orders tried for C-ΠGFM / C-ΠGDM: 1 = network output frozen "
                         "per step (as derived), 2 = multistep (linear through the last two "

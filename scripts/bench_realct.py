@@ -35,6 +35,16 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "C-ΠGFM@5 × 8 samples": ("conjugate", {"posterior_samples": 8}, "samples8"),
     "MS-Flow": ("msflow", {}, "msflow"),
 }
+SPLIT_TEXT = {
+    "val": "ctflow.realct: Lung_Dx-A0002, both kernels, and two COVID-19-NY-SBU patients; "
+           "never trained on, the presets tuned on them",
+    "ood": "ctflow.realct: the GE head series, 28 slices; never trained or tuned on",
+}
+ATTRIBUTION = {
+    "val": "Lung-PET-CT-Dx (TCIA, CC BY 4.0), COVID-19-NY-SBU (TCIA, CC BY 4.0)",
+    "ood": "dcm_qa_ct head series (C. Rorden; Aliza Medical Imaging's public samples), "
+           "BSD-2-Clause",
+}
 FLOW_LABELS = ("C-ΠGFM@5", "ΠGFM@5", "C-ΠGFM@5 × 8 samples", "MS-Flow")
 
 
@@ -83,11 +93,10 @@ def summary(out: Path, sizes: list[int], images: list[int], tasks: list[str],
              "the head series (out of distribution: never trained or tuned on)")
     lines = [f"# Real anatomy: mean PSNR (dB) on {title}", "",
              f"Command: `{command}`", "",
-             f"Real patients' slices of the {split} split (ctflow.realct: Lung_Dx-A0002, "
-             "both kernels, and two COVID-19-NY-SBU patients; never trained or tuned on), "
-             "resized to each size; every method at its defaults (the default prior's "
-             "presets).  Attribution: Lung-PET-CT-Dx (TCIA, CC BY 4.0), COVID-19-NY-SBU "
-             "(TCIA, CC BY 4.0).  Full tables: OUT/<size>/<variant>/report.md.", ""]
+             f"Real patients' slices of the {split} split ({SPLIT_TEXT[split]}), resized to "
+             "each size; every method at its defaults (the default prior's presets).  "
+             f"Attribution: {ATTRIBUTION[split]}.  Full tables: OUT/<size>/<variant>/report.md.",
+             ""]
     for size, count in zip(sizes, images, strict=True):
         table = {label: mean_psnr(out, size, label) for label in rows}
         lines += [f"## {size}² ({count} slices)", "",

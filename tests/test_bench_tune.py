@@ -64,3 +64,16 @@ def test_store_merges_records_and_rewrites_the_log(tmp_path):
     stored = load_presets(presets_path(stem)).records("pigfm")
     assert [r["options"] for r in stored] == [{"w": 5.0}]  # same selection key: replaced
     assert json.loads(log.read_text(encoding="utf-8")) == {"runs": [1, 2]}
+
+
+def test_guided_tuning_searches_the_temperature_only_when_asked():
+    from ctflow.bench.guided import _grid_names
+
+    assert _grid_names("conjugate", False, {"order": [1]}) == ("conjugate", False,
+                                                               ("w", "tau", "lam"))
+    assert _grid_names("conjugate", True, {"order": [1], "temperature": [1.0]})[2] == \
+        ("w", "tau", "rho_scale", "lam")
+    assert _grid_names("pigfm", False, {"order": [1], "temperature": [0.0, 1.0]}) == \
+        ("pigfm", False, ("w", "tau", "temperature"))
+    assert _grid_names("conjugate", True, {"order": [1, 2], "temperature": [0.0]})[2] == \
+        ("w", "tau", "rho_scale", "lam", "order", "temperature")

@@ -60,7 +60,8 @@ class Toy:
         return self.m + jac @ (x - t * self.m), jac
 
     def reference(self, start: float, weight, jacobian: bool, seed: int = 0,
-                  noise: float | None = None, kappa: float = 1.0) -> np.ndarray:
+                  noise: float | None = None, kappa: float = 1.0,
+                  temperature: float = 1.0) -> np.ndarray:
         sigma = self.noise if noise is None else noise
 
         def rho(t: float) -> float:  # ρ_t = κσ²/r_t²
@@ -68,7 +69,7 @@ class Toy:
 
         z = seeded_noise((1, 1, N, N), seed, self.op.pinv(self.y)).numpy().ravel()
         # start from ŷ_τ with x̂1 = 0: for a mask P(1 + ρ_τ)⁻¹Aᵀy = ỹ/(1 + ρ_τ)
-        x0 = start * self.ytil / (1 + rho(start)) + (1 - start) * z
+        x0 = start * self.ytil / (1 + rho(start)) + (1 - start) * temperature * z
 
         def rhs(t, x):
             v, jac = self.velocity(x, t)

@@ -189,7 +189,7 @@ class _Progress:
 
 
 def _grid_names(label: str, noisy: bool,
-                orders: Sequence[float]) -> tuple[str, bool, tuple[str, ...]]:
+                grids: Mapping[str, Sequence[float]]) -> tuple[str, bool, tuple[str, ...]]:
     """(method, jacobian, names of the options searched) of a tuned variant."""
     method, jac, pair = TUNE_VARIANTS[label]
     names: tuple[str, ...] = pair
@@ -197,8 +197,10 @@ def _grid_names(label: str, noisy: bool,
         names = (*names, "rho_scale")
     if method.startswith("conjugate"):  # λ of the conjugate map
         names = (*names, "lam")
-        if list(orders) != [1]:  # order 2: multistep
+        if list(grids["order"]) != [1]:  # order 2: multistep
             names = (*names, "order")
+    if list(grids.get("temperature", [1.0])) != [1.0]:  # the start's noise scale T
+        names = (*names, "temperature")
     return method, jac, names
 
 
@@ -223,7 +225,7 @@ def _tune_variant(run: GuidedTuning, prior: Any, label: str, family: str, task_n
     """Tune one variant on one family at each budget; appends to ``done``."""
     task = get_task(task_name.split(",")[0])
     mask, noisy = FAMILY_MASK.get(family), task.noisy
-    method, jac, names = _grid_names(label, noisy, run.grids["order"])
+    method, jac, names = _grid_names(label, noisy, run.grids)
     budgets = run.nfe if method.startswith("conjugate") else run.base_nfe
     for nfe in budgets:
         def one(p: Problem, opts: dict[str, Any], nfe: int = nfe) -> dict[str, Any] | None:

@@ -137,9 +137,14 @@ class GuidanceTarget:
 
 
 # -- start and grid ----------------------------------------------------------------------
-def start_state(y_tilde: torch.Tensor, tau: float, seed: int) -> torch.Tensor:
-    """x(τ) = τ·ỹ + (1−τ)·z with z = seeded_noise(ỹ.shape, seed) (ỹ: GuidanceTarget.start)."""
+def start_state(y_tilde: torch.Tensor, tau: float, seed: int,
+                temperature: float = 1.0) -> torch.Tensor:
+    """x(τ) = τ·ỹ + (1−τ)·T·z with z = seeded_noise(ỹ.shape, seed) (ỹ: GuidanceTarget.start)
+    and T the temperature of the start: 1 samples the posterior, 0 starts deterministically
+    from the noise distribution's mean (a point estimate; see conjugate.py)."""
     z = seeded_noise(tuple(y_tilde.shape), seed, y_tilde)
+    if temperature != 1.0:
+        z = z * float(temperature)
     return interpolate(y_tilde, z, tau)
 
 
@@ -153,6 +158,14 @@ def steps_for_budget(nfe: int, per_step: int) -> int:
     if int(nfe) != nfe or nfe < per_step:
         raise MethodError(f"nfe must be an integer >= {per_step} here, got {nfe}")
     return int(nfe) // per_step
+
+
+def check_temperature(value: object) -> float:
+    """The start's temperature T as a float ≥ 0 (MethodError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not np.isfinite(value) or value < 0:
+        raise MethodError(f"temperature must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def check_unit_interval(name: str, value: float, low_open: bool = False) -> float:

@@ -41,6 +41,7 @@ from .common import SolverOutput, model_problem
 from .context import TaskContext, call_context, resolve_options
 from .guidance import (
     GuidanceTarget,
+    check_temperature,
     check_unit_interval,
     r2,
     start_state,
@@ -51,8 +52,9 @@ from .guidance import (
 from .weights import photon_noise
 
 # Generic defaults (a prior's presets overlay them).
-GENERIC_PIGFM = {"w": 100.0, "tau": 0.2, "jacobian": False, "rho_scale": 1.0}
-GENERIC_OTODE = {"t0": 0.2, "gamma": 1.0, "jacobian": False, "rho_scale": 1.0}
+GENERIC_PIGFM = {"w": 100.0, "tau": 0.2, "jacobian": False, "rho_scale": 1.0, "temperature": 1.0}
+GENERIC_OTODE = {"t0": 0.2, "gamma": 1.0, "jacobian": False, "rho_scale": 1.0,
+                 "temperature": 1.0}
 
 
 def pigfm(
@@ -68,21 +70,23 @@ def pigfm(
     tau: float | None = None,
     jacobian: bool | None = None,
     rho_scale: float | None = None,
+    temperature: float | None = None,
     task_family: str | None = None,
     context: TaskContext | None = None,
     photons: float | None = None,
     electronic_noise: float = 0.0,
 ) -> SolverOutput:
     """ΠGFM: Euler on dx/dt = v + w t(1−t) J_x̂1ᵀ(ŷ − P x̂1) from τ (module docstring);
-    (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe.
+    (w, τ, jacobian) default to the record tuned for the family at the largest budget ≤ nfe;
+    ``temperature`` T scales the start's noise as in conjugate.conjugate.
     ``photons``: pre-log Poisson weights in ŷ_t (module docstring)."""
     noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "pigfm")
     ctx = call_context(context, op, task_family, noise_std)
     opts = resolve_options("pigfm", GENERIC_PIGFM, prior, ctx, nfe, ("jacobian",), w=w, tau=tau,
-                           jacobian=jacobian, rho_scale=rho_scale)
+                           jacobian=jacobian, rho_scale=rho_scale, temperature=temperature)
     weight = float(opts["w"])
-    opts = {k: opts[k] for k in ("w", "tau", "jacobian", "rho_scale", "task_family",
-                                 "tuned_at_nfe", "tuned_at_size", "presets")}
+    opts = {k: opts[k] for k in ("w", "tau", "jacobian", "rho_scale", "temperature",
+                                 "task_family", "tuned_at_nfe", "tuned_at_size", "presets")}
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, opts["tau"],
                   lambda t: weight * t * (1 - t), "pigfm", weights)
 
@@ -100,6 +104,7 @@ def otode(
     gamma: float | None = None,
     jacobian: bool | None = None,
     rho_scale: float | None = None,
+    temperature: float | None = None,
     task_family: str | None = None,
     context: TaskContext | None = None,
     photons: float | None = None,
@@ -110,7 +115,8 @@ def otode(
     noise_std, weights = photon_noise(y, photons, electronic_noise, noise_std, "otode")
     ctx = call_context(context, op, task_family, noise_std)
     opts = resolve_options("otode", GENERIC_OTODE, prior, ctx, nfe, ("jacobian",), t0=t0,
-                           gamma=gamma, jacobian=jacobian, rho_scale=rho_scale)
+                           gamma=gamma, jacobian=jacobian, rho_scale=rho_scale,
+                           temperature=temperature)
     gam = float(opts["gamma"])
     start = check_unit_interval("t0", opts["t0"], low_open=True)
     return _euler(y, op, prior, noise_std, seed, progress, nfe, opts, start,
@@ -130,7 +136,7 @@ def _euler(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float |
     problem = model_problem(y, op, prior, noise_std, weights)
     P = op.projector
     data = GuidanceTarget(problem, float(opts["rho_scale"]))
-    x = start_state(data.start(t0), t0, seed)
+    x = start_state(data.start(t0), t0, seed, check_temperature(opts["temperature"]))
     steps: list[dict[str, float]] = []
     it = range(len(grid) - 1)
     if progress:
