@@ -109,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="tuning grid: JSON {option: [values]} (default: %(default)s)")
     p.add_argument("--fixed", default="{}",
                    help="tuning: JSON options held fixed (default: %(default)s)")
+    p.add_argument("--data", choices=["phantoms", "realct"], default="phantoms",
+                   help="tuning images: held-out phantoms, or the real validation patients of "
+                        "the licensed pool split by patient (ctflow.realct) "
+                        "(default: %(default)s)")
     p.add_argument("--tune-mask", default=None, choices=[SCATTERED],
                    help="tuning: store the options for this inpainting mask kind only (the "
                         "family's 'masks' entry; every --tasks mask must be of that kind; "
@@ -172,7 +176,7 @@ def tune(args: argparse.Namespace) -> None:
     run = LatentTuning(family=args.tune, method=args.tune_method, tasks=args.tasks,
                        grid=json.loads(args.grid), fixed=json.loads(args.fixed),
                        prior=args.prior, size=args.size, images=args.images, seed=args.seed,
-                       mask=args.tune_mask,
+                       mask=args.tune_mask, data=args.data,
                        command="python3 scripts/bench_msflow.py " + shlex.join(sys.argv[1:]))
     try:
         chosen, psnr = latent.tune(run, latent.load_prior(args.prior, args.size), TUNING_LOG)

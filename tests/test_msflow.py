@@ -290,8 +290,16 @@ def test_presets_record_their_tuning(method: str) -> None:
     size in that size's prior's."""
     log = json.loads((ROOT / "docs" / "tuning" / "latent.json").read_text())["runs"][method]
     assert set(log) == {"ct", "inpainting", "sr", "blur"}
-    entries = [(family, entry["tuning"], preset_options(shipped_presets(), method, family, 64))
-               for family, entry in log.items()]
+    # runs at 64² by the prior they tuned: "default" was phantom-64 when those ran
+    by_prior: dict[tuple[str, str], list] = {}
+    for family, entry in log.items():
+        for run in entry["tuning"]:
+            prior = "phantom-64" if run["prior"] == "default" else run["prior"]
+            by_prior.setdefault((family, prior), []).append(run)
+    assert {prior for _, prior in by_prior} <= {"phantom-64", "realct-64"}
+    entries = [(f"{family}:{prior}", runs,
+                preset_options(shipped_presets(prior), method, family, 64))
+               for (family, prior), runs in by_prior.items()]
     entries += [(f"{family}@{size}", runs, preset_options(shipped_presets("phantom-128"),
                                                           method, family, int(size)))
                 for family, entry in log.items() for size, runs in entry["sizes"].items()]

@@ -20,7 +20,6 @@ before and are stored as a record of the tuned prior's presets for that family, 
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import time
@@ -39,8 +38,10 @@ from ..priors.presets import Presets, select_record
 from ..priors.registry import resolve as resolve_prior
 from ..solvers import get_solver
 from ..solvers.context import mask_kind
+from ..solvers.options import option_names
 from ..units import mu_to_hu
 from . import tune as tuner
+from .guided import bench_images
 from .harness import warm_projector
 from .tasks import Problem, get_task, heldout_images
 
@@ -54,12 +55,12 @@ SCORES = ("psnr", "ssim", "seconds", "nfe")
 
 
 def accepts(method: str, name: str) -> bool:
-    """Whether the solver of ``method`` exists here and has an option ``name``."""
+    """Whether the solver of ``method`` exists here and declares an option ``name``."""
     try:
-        solve, _ = get_solver(method)
+        _, spec = get_solver(method)
     except CtflowError:
         return False
-    return name in inspect.signature(solve).parameters
+    return name in option_names(spec.options)
 
 
 def run_method(problem: Problem, method: str, prior: Any, seed: int, opts: dict[str, Any],
@@ -178,6 +179,7 @@ class LatentTuning:
     images: int = 4
     seed: int = 0
     mask: str | None = None
+    data: str = "phantoms"  # or "realct": the real validation patients
 
 
 def tuning_problems(run: LatentTuning) -> list[tuple[Any, int, Problem]]:
@@ -186,7 +188,7 @@ def tuning_problems(run: LatentTuning) -> list[tuple[Any, int, Problem]]:
     tasks = [get_task(name) for name in run.tasks]
     if any(t.family != run.family for t in tasks):
         raise InputError(f"--tasks must all be of family {run.family!r}")
-    images = heldout_images(run.size, run.images, split="val")
+    images = bench_images(run.size, run.images, "val", run.data)
     problems = [(t, i, t.problem(gt, seed=run.seed + i)) for t in tasks
                 for i, gt in enumerate(images)]
     if run.mask is not None and (run.size != TUNED_SIZE or any(
@@ -260,6 +262,7 @@ def _logged(log: dict[str, Any], run: LatentTuning, chosen: dict[str, Any],
         runs = entry["masks"].setdefault(run.mask, [])
     runs.append({
         "command": run.command, "prior": run.prior, "size": run.size, "split": "val",
+        "data": run.data,
         "images": list(range(run.images)), "tasks": list(run.tasks), "seed": run.seed,
         "grid": dict(run.grid), "fixed": dict(run.fixed), "chosen": chosen,
         "results": [{**r, "psnr": round(r["psnr"], 3), "ssim": round(r["ssim"], 4),

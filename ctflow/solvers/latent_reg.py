@@ -60,10 +60,19 @@ def warm_start(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: flo
                electronic_noise: float = 0.0) -> torch.Tensor:
     """init="conjugate": the C-ΠGFM reconstruction at its tuned ``WARM_START_NFE`` defaults
     for the caller's ``context`` (with the pre-log Poisson weights of ``photons`` if given),
-    in model space (its evaluations count in ``prior.nfe``)."""
+    in model space (its evaluations count in ``prior.nfe``).
+
+    On noisy data the warm start is a posterior sample (temperature 1) whatever the presets'
+    temperature: the latent methods invert it into z and then optimise z, which needs a
+    latent of typical norm.  Measured with realct-64 (64², 4 validation slices, 30 and 60
+    views at 1e5, μ from 10 to 1e5): MS-Flow from the T = 0 estimate 32.9 dB at its best μ
+    (1000), from a T = 1 sample 34.7 dB (μ = 300).  On noiseless data the presets' (point)
+    estimate is kept: MS-Flow then returns it unchanged (64², 30 views, 8 slices: 41.8 dB,
+    against 36.7 dB from a T = 1 sample)."""
+    temperature = 1.0 if context.noisy else None
     warm = conjugate(y, op, prior=prior, noise_std=noise_std, seed=seed,
                      nfe=WARM_START_NFE, context=context, photons=photons,
-                     electronic_noise=electronic_noise)
+                     electronic_noise=electronic_noise, temperature=temperature)
     return prior.to_model(warm.image).to(y.dtype)
 
 
