@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv[: argv.index(command) if command else len(argv)]
     label = f"ctflow {command}" if command else "ctflow"
     mark = commit_mark()
-    with _sigterm_interrupts():
+    with _interrupts() as interruption:
         try:
             parser = build_parser(command)
             args = parser.parse_args(argv)
@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: {interrupt_message(exc, written_since(mark))}", file=sys.stderr)
             return exit_code(exc)
         except Exception as exc:  # the one place where any failure becomes one line
+            if interruption.signum is not None:  # an interruption that became an error
+                stop = Interrupted(interruption.signum)
+                print(f"{label}: {interrupt_message(stop, written_since(mark))}",
+                      file=sys.stderr)
+                return exit_code(stop)
             if debug:
                 traceback.print_exc()
             print(f"{label}: error: {describe(exc)}", file=sys.stderr)
@@ -149,23 +154,36 @@ def _out_of_memory(exc: BaseException, text: str) -> bool:
             or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
+class _Interruption:
+    """The first SIGINT or SIGTERM of a command, raised as :class:`Interrupted` in the main
+    thread and remembered, so that an interruption some library turned into another
+    exception (numpy's import turns a KeyboardInterrupt into an ImportError) still ends the
+    command as interrupted.  SIGTERM after the first interruption is ignored."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = int(signum)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(self.signum)
+
+
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises :class:`Interrupted` (like Ctrl-C) in the main thread; a second
-    SIGTERM during the clean-up is ignored."""
+def _interrupts() -> Iterator[_Interruption]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (see _Interruption);
+    a second SIGINT raises it again."""
+    guard = _Interruption()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield guard
         return
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, handle)
+    previous = {s: signal.signal(s, guard.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield guard
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):

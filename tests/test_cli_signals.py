@@ -205,6 +205,29 @@ def test_interrupt_while_building_the_parser(monkeypatch, capsys):
         "ctflow info: interrupted (SIGINT); nothing was written"
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interruption_turned_into_an_error_still_interrupts(monkeypatch, capsys, signum,
+                                                                code):
+    """numpy's import turns a KeyboardInterrupt into an ImportError (seen under load: 5 of
+    12 Ctrl-C during start-up ended as 'error', exit 1): the CLI remembers the signal."""
+    def converted(args):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt as exc:
+            raise ImportError("numpy failed to import") from exc
+        return 0
+
+    monkeypatch.setattr(ctflow.commands.info, "run", converted)
+    assert main(["info", "x.h5"]) == code
+    name = signal.Signals(signum).name
+    assert one_line(capsys.readouterr().err) == \
+        f"ctflow info: interrupted ({name}); nothing was written"
+    monkeypatch.undo()
+    assert main(["info", "no-such-file.h5"]) == 2  # the next call starts afresh
+    assert "error" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("error, code, words", [
     (RuntimeError("boom\n  in a second line"), 1,
      ["unexpected failure (RuntimeError: boom in a second line)", "--debug"]),
