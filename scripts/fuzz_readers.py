@@ -1,31 +1,10 @@
 """Fuzz the file readers: seeded mutations of valid examples, each read in a worker process.
 
-Readers:
-
-* ``hdf5``  — the read path of ``ctflow info`` / ``ctflow reconstruct``
-  (:func:`ctflow.io.hdf5.file_kind`, then ``read_reconstruction`` or ``read_sinogram``),
-  on the sinogram files in data/examples/ plus generated fan-beam, reconstruction,
-  DXchange and LoDoPaB-style files;
-* ``dicom`` — :func:`ctflow.io.dicom.read_series` on data/examples/phantom_series and on
-  pydicom's ``CT_small.dcm`` (one file of the series mutated per case).
-
-Each case is a seeded mutation (bit flips, random bytes, an overwritten 8-byte run, a
-truncation, an integer written into a header field near a structure signature or a DICOM
-tag, or a semantic edit of an attribute / element value through h5py / pydicom).  The harness is
-ctflow/bench/fuzz.py, the seeds and the mutations ctflow/bench/fuzz_cases.py.  Cases
-run in a pool of forked worker processes; a case that runs longer than ``--timeout`` is a
-hang (its worker is killed and replaced), a worker that dies is a crash.  Outcomes:
-
-  ok         read, and the result is valid (finite data, shapes match the geometry,
-             every physical value inside its range in ctflow.io.limits)
-  clean      a one-line ctflow error (CtflowError)
-  traceback  any other exception
-  invalid    read without error but the result is not valid
-  hang, crash
-
-Prints one table (and with --messages how often each clean error came), lists clean errors
-that a catch-all made of an exception raised in ctflow's own code (likely bugs), and exits
-1 on any traceback, invalid, hang or crash.  Needs os.fork.  Usage:
+The readers, the mutations and the outcomes (ok, clean, traceback, invalid, hang, crash) are
+described in ctflow/bench/fuzz.py (the harness) and ctflow/bench/fuzz_cases.py.  Prints one
+table (and with --messages how often each clean error came), lists clean errors that a
+catch-all made of an exception raised in ctflow's own code (likely bugs), and exits 1 on any
+traceback, invalid, hang or crash.  Needs os.fork.  Usage:
     python scripts/fuzz_readers.py [--cases 1000] [--seed 0] [--readers hdf5,dicom]
                                    [--jobs 2] [--timeout 30] [--messages]
                                    [--save-failures DIR]
