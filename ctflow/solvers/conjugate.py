@@ -142,7 +142,7 @@ def conjugate(
     a tuned record may set it.
     ``temperature`` T scales the start's noise, x(τ) = τ ỹ + (1−τ) T z: 1 (the generic
     default) samples the posterior; lower values trade sample diversity for error — on
-    real CT slices T = 0 (a deterministic start) scored 2–5 dB above T = 1 at 64² and 128²
+    real CT slices T = 0 (a deterministic start) scored 1.4–5 dB above T = 1 at 64² and 128²
     with the realct-64 prior, whose presets set it.
     ``photons`` I0 (and ``electronic_noise`` σ_e in counts): pre-log Poisson weights in the
     target and start (module docstring); ``noise_std`` None then means σ̄ from the counts.
