@@ -13,8 +13,8 @@ from .errors import InputError, MethodError, PriorError
 from .noise import estimate_noise_std
 from .operators import LinearOperator
 from .priors.base import Prior
+from .solvers import SolverSpec, get_solver, validate_options
 from .solvers import context as solver_context
-from .solvers import get_solver, validate_options
 from .solvers.options import option_names
 
 
@@ -123,7 +123,7 @@ def reconstruct(
                           info=info, spread=spread)
 
 
-def _sampling_temperature(options: dict[str, Any], samples: int, spec: Any) -> None:
+def _sampling_temperature(options: dict[str, Any], samples: int, spec: SolverSpec) -> None:
     """Posterior samples need the start's full noise: ``temperature`` 1 unless given, and a
     given 0 refused (K identical samples)."""
     if samples == 1 or "temperature" not in option_names(spec.options):
@@ -135,7 +135,8 @@ def _sampling_temperature(options: dict[str, Any], samples: int, spec: Any) -> N
                           "is the same)")
 
 
-def _check_samples(samples: object, spec: Any, method: str, options: dict[str, Any]) -> int:
+def _check_samples(samples: object, spec: SolverSpec, method: str,
+                   options: dict[str, Any]) -> int:
     """``posterior_samples`` as a positive int; more than one only for the (stochastic) flow
     methods, with the sampling temperature (_sampling_temperature) set in ``options``."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:

@@ -36,7 +36,7 @@ from ..priors.registry import resolve as resolve_prior
 from ..units import mu_to_hu
 from . import tune as tuner
 from .harness import warm_projector
-from .tasks import Problem, get_task, heldout_images
+from .tasks import Problem, bench_images, get_task
 
 GUIDED = ("conjugate", "conjugate-diffusion", "pigfm", "otode")
 SHOWN = {"w": "w", "tau": "τ", "lam": "λ", "gamma": "γ", "t0": "t0", "order": "order"}
@@ -112,17 +112,6 @@ def runs(task_name: str, bench: GuidedBench) -> list[tuple[str, str, dict[str, A
     if get_task(task_name).family == "ct":
         out += [(m, m, {}) for m in ("fbp", "tv") if m in bench.methods]
     return out
-
-
-def bench_images(size: int, count: int, split: str, data: str = "phantoms") -> list[np.ndarray]:
-    """The HU images of a run: held-out phantoms, or with ``data="realct"`` real patients'
-    slices (patient-level split; the phantom split "test" means the real "val" patients)."""
-    if data == "realct":
-        from ..realct import validation_images
-
-        return [im.astype(np.float64) for im in validation_images(
-            size, count, "val" if split == "test" else split)]
-    return heldout_images(size, count, split=split)
 
 
 def bench_task(task_name: str, bench: GuidedBench, prior: Any) -> list[dict[str, Any]]:

@@ -41,9 +41,8 @@ from ..solvers.context import mask_kind
 from ..solvers.options import option_names
 from ..units import mu_to_hu
 from . import tune as tuner
-from .guided import bench_images
 from .harness import warm_projector
-from .tasks import Problem, get_task, heldout_images
+from .tasks import Problem, bench_images, get_task, heldout_images
 
 CLASSICAL_ON_CT = ("fbp", "tv")
 TUNED_SIZE = 64  # the size mask-kind records are tuned at

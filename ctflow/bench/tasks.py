@@ -152,3 +152,14 @@ def heldout_images(size: int, count: int, split: str = "test") -> list[np.ndarra
 
     data = PhantomDataset.split(split, size=size, length=count)
     return [data[i][0].numpy() for i in range(count)]
+
+
+def bench_images(size: int, count: int, split: str, data: str = "phantoms") -> list[np.ndarray]:
+    """The HU images of a run: held-out phantoms, or with ``data="realct"`` real patients'
+    slices (patient-level split; the phantom split "test" means the real "val" patients)."""
+    if data == "realct":
+        from ..realct import validation_images
+
+        return [im.astype(np.float64) for im in validation_images(
+            size, count, "val" if split == "test" else split)]
+    return heldout_images(size, count, split=split)
