@@ -6,13 +6,16 @@ parallel beam, 60 views, Poisson data with 1e5 photons (``ctflow.simulate``).  M
 * ``fbp``         ram-lak FBP
 * ``tv``          ctflow TV at its defaults, told the true noise std
 * ``tv-photons``  the same with the photon-weighted data term (``photons=``)
-* ``mbir``        ctflow MBIR at its defaults (``photons=``)
+* ``tv-photons-60``  the same stopped after 60 iterations (a budget near svmbir's time)
+* ``mbir``        ctflow MBIR at its defaults (``photons=``; ordered subsets at ≥ 40 views)
+* ``mbir-lbfgs``  the same with its L-BFGS-B solver (100 iterations)
 * ``svmbir``      svmbir.recon (optional dependency, ``pip install svmbir``): transmission
                   weights e^{−y} with the true noise level σ_y = 1/√I0, its defaults
                   otherwise (q-GGMRF, ICD); skipped with a note when svmbir is missing
 
 PSNR / SSIM / RMSE on HU images (``ctflow.metrics``); seconds = CPU time of the process
-(``time.process_time``) with one thread, after a warm-up that loads the system matrices,
+(``time.process_time``) with one thread, after a warm-up that loads the system matrices
+(ctflow's and svmbir's),
 plus the wall time (which a busy machine inflates).  Writes a Markdown report.  Usage:
 
     python scripts/bench_mbir.py [--size 256] [--views 60] [--photons 1e5]
@@ -88,7 +91,8 @@ def main() -> None:
     op = ParallelBeam2D(image_size=args.size, views=args.views)
     y = ctflow.simulate(x, op, photons=args.photons, seed=0)
     sigma = noise_std(op(x), photons=args.photons)
-    op.T(op(x))  # warm-up: the system matrix is loaded before any timing
+    op.T(op(x))  # warm-up: the system matrices (MBIR's view subsets too) load before timing
+    ctflow.reconstruct(y, op, method="mbir", photons=args.photons, iters=1)
 
     def ours(method: str, **opts) -> Callable[[], np.ndarray]:
         return lambda: ctflow.reconstruct(y, op, method=method, noise_std=sigma,
@@ -98,7 +102,9 @@ def main() -> None:
         "fbp": ours("fbp"),
         "tv": ours("tv"),
         "tv-photons": ours("tv", photons=args.photons),
+        "tv-photons-60": ours("tv", photons=args.photons, iters=60, tol=0.0),
         "mbir": ours("mbir", photons=args.photons),
+        "mbir-lbfgs": ours("mbir", photons=args.photons, solver="lbfgs"),
     }
     note = ""
     if args.no_svmbir:
@@ -129,8 +135,8 @@ def main() -> None:
         f"{args.photons:g} photons (seed 0); `python scripts/bench_mbir.py"
         f" --size {args.size} --views {args.views} --photons {args.photons:g}`.",
         "Seconds: CPU time of the process with one thread (torch and svmbir), after a "
-        "warm-up that loads the system matrices; wall time as measured (a shared, busy "
-        "machine inflates it).",
+        "warm-up that loads the system matrices (ctflow's, its MBIR view subsets' and "
+        "svmbir's); wall time as measured (a shared, busy machine inflates it).",
         "",
         "| method | PSNR (dB) | SSIM | RMSE (HU) | CPU s | wall s |",
         "|---|---|---|---|---|---|",

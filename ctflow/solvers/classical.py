@@ -19,10 +19,17 @@ from ..operators import LinearOperator
 from ..operators import fbp as _fbp
 from ..operators.fbp import FILTERS
 from .common import SolverOutput
+from .ramp_metric import RampMetric, normal_norm
 from .weights import photon_noise
 
 TV_LAM_SCALE = 0.5  # λ = TV_LAM_SCALE · σ · (mean column norm of A), see :func:`tv`
 TV_STEP_RATIO = 10.0  # τ/σ of Chambolle–Pock on the rescaled problem (tuned on phantoms)
+TV_RAMP_STEP_RATIO = 5.0  # τ/σ with the ramp metric: of 1, 2, 3, 5, 10 and 30 at 64²–256²,
+# 3 and 5 led (5 ahead after 60 iterations: 37.2 against 36.7 dB at 256²)
+TV_TOL = 5e-4  # relative change per iteration at which TV stops (within 0.1 dB of its limit
+# on 64²–256² chest phantoms, 60 views, 1e5 photons: 100–200 iterations)
+TV_PRECONDITIONERS = ("ramp", "none")
+PLAIN_NORM_ITERS = 30  # power iterations for ‖W̃^{1/2}A‖ without the ramp metric
 NOISELESS_REL_STD = 0.005  # σ assumed by TV when noise_std is None: 0.5 % of RMS(y)
 
 
@@ -177,27 +184,46 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
        noise_std: float | None = None, seed: int = 0, progress: bool = False,
        iters: int = 300, lam: float | None = None, nonneg: bool = True,
        log_every: int = 10, photons: float | None = None,
-       electronic_noise: float = 0.0) -> SolverOutput:
-    """Total-variation reconstruction  min_x ½‖A x − y‖² + λ TV(x)  (+ x ≥ 0 if nonneg)
-    by Chambolle–Pock on K = [A/L_A; ∇] with the data rescaled by 1/L_A and the image by
-    1/s (L_A = ‖A‖ by power iteration, s = RMS of Aᵀy/L_A²) so both blocks are O(1):
+       electronic_noise: float = 0.0, precondition: str = "ramp", init: str = "fbp",
+       tol: float = TV_TOL) -> SolverOutput:
+    """Total-variation reconstruction  min_x ½‖A x − y‖²_W̃ + λ TV(x)  (+ x ≥ 0 if nonneg)
+    by the primal–dual method of Chambolle & Pock on K = [K₁; ∇], with the data block
+    K₁ = W̃^{1/2}A/L normalised (L below) and the image scaled by 1/s (s = RMS of the
+    normalised back-projection of the data), so both blocks are O(1):
 
-        p ← (p + σ(K₁x̄ − ŷ)) / (1 + σ)                (prox of the data term's conjugate)
+        u ← prox of the data term's conjugate at u + Σ₁(K₁x̄ − ŷ)
         q ← clip_λ̂(q + σ ∇x̄)                          (projection on {‖q_i‖₂ ≤ λ̂})
-        x' ← max(x − τ(K₁ᵀp + ∇ᵀq), 0),  x̄ ← 2x' − x,  x ← x'
-    with ŷ = y/(L_A s), λ̂ = λ/(L_A² s), K₁ = A/L_A and τ = ω/3, σ = 1/(3ω), so
-    τσ‖K‖² ≤ 1 since ‖K‖² ≤ 1 + ‖∇‖² ≤ 9; ω = TV_STEP_RATIO.
+        x' ← max(x − τ(K₁ᵀu + ∇ᵀq), 0),  x̄ ← 2x' − x,  x ← x'
+    with ŷ = W̃^{1/2}y/(L s), λ̂ = λ/(L² s), τ = ω/3, σ = 1/(3ω) and τσ‖Σ^{1/2}K‖² ≤ 1
+    because ‖∇‖² ≤ 8.  The data block's dual metric Σ₁ (``precondition``):
 
-    ``lam`` None: :func:`default_tv_lam` (uses noise_std when given).  info: ``lam``,
-    ``op_norm``, ``objective`` (the unscaled objective every ``log_every`` iterations).
+    * ``"ramp"`` (CT operators; ``ramp_metric``): Σ₁ = σF with F a ramp filter along the
+      detector, L = ‖F^{1/2}W̃^{1/2}A‖, u ← (I + σF)⁻¹(u + σF(K₁x̄ − ŷ)); ω = TV_RAMP_STEP_RATIO.
+      It whitens AᵀA's 1/|ω| spectrum: on a 256² chest phantom, 60 views, 1e5 photons, it
+      reached 38.8 dB in 100 iterations where the plain metric from zero was at 29.7 dB
+      (39.7 dB is the limit of both);
+    * ``"none"`` (and every non-CT operator): Σ₁ = σI, L = ‖A‖,
+      u ← (u + σ(K₁x̄ − ŷ))/(1 + σ); ω = TV_STEP_RATIO.
 
-    ``photons`` I0 (Poisson data; ``electronic_noise`` σ_e in counts): the data term becomes
-    ½‖A x − y‖²_W̃ with the relative inverse-variance weights W̃ of ``weights.py``
-    (w̃_i ∝ c_i²/(c_i + σ_e²), c_i = I0·e^{−y_i}, mean(1/w̃) = 1 over the batch) so that λ
-    keeps its meaning (noise_std None then means σ̄ = √mean(1/w)); its dual prox is closed
-    form per ray, p ← (p + σ(K₁x̄ − ŷ)) / (1 + σ/w̃_i).
+    ``init`` "fbp" starts CT operators from max(FBP(y), 0), other operators and "zeros" from 0.
+    Stops after ``iters`` iterations or once ‖x_{k+1} − x_k‖ ≤ ``tol``·‖x_{k+1}‖ for every
+    item (``tol`` 0: never early).  ``lam`` None: :func:`default_tv_lam` (uses noise_std
+    when given).  info: ``lam``, ``op_norm`` (L), ``iters`` (run), ``objective`` (the
+    unscaled objective every ``log_every`` iterations).
+
+    ``photons`` I0 (Poisson data; ``electronic_noise`` σ_e in counts): W̃ holds the relative
+    inverse-variance weights of ``weights.py`` (w̃_i ∝ c_i²/(c_i + σ_e²), c_i = I0·e^{−y_i},
+    mean(1/w̃) = 1 over the batch) so that λ keeps its meaning (noise_std None then means
+    σ̄ = √mean(1/w)); without ``photons`` W̃ = I.
     """
     _check_iters(iters)
+    if precondition not in TV_PRECONDITIONERS:
+        raise MethodError(f"tv: precondition must be one of {', '.join(TV_PRECONDITIONERS)}, "
+                          f"got {precondition!r}")
+    if init not in ("fbp", "zeros"):
+        raise MethodError(f"tv: init must be 'fbp' or 'zeros', got {init!r}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise MethodError(f"tv: tol must be a finite number >= 0, got {tol}")
     weights = _tv_weights(y, photons, electronic_noise)
     if photons is not None and noise_std is None:  # σ̄² = mean variance of the rays
         noise_std = photon_noise(y, photons, electronic_noise, None, "tv")[0]
@@ -205,41 +231,120 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
         lam = default_tv_lam(y, op, noise_std, seed=seed)
     if not (math.isfinite(lam) and lam >= 0):
         raise MethodError(f"tv: lam must be a finite number >= 0, got {lam}")
-    la = op.norm(iters=30, seed=seed, device=y.device)
-    if la == 0:
-        raise MethodError("tv: the operator is zero")
+    is_ct = getattr(op, "geometry", None) is not None
+    data = _TvData(op, y.detach(), weights, precondition == "ramp" and is_ct, seed)
     with torch.no_grad():
-        yn = y.detach() / la
-        back = op.T(yn) / la
+        back = data.back_projection()
         s = float(back.double().pow(2).mean().sqrt()) or 1.0
-        yh = yn / s
-        lam_h = lam / (la * la * s)
-        tau, sig = TV_STEP_RATIO / 3.0, 1.0 / (3.0 * TV_STEP_RATIO)  # τσ‖K‖² ≤ 1
-        x = torch.zeros(*y.shape[:2], *op.in_shape, dtype=y.dtype, device=y.device)
+        yh = data.target / s
+        lam_h = lam / (data.norm * data.norm * s)
+        omega = TV_RAMP_STEP_RATIO if data.metric is not None else TV_STEP_RATIO
+        tau, sig = omega / 3.0, 1.0 / (3.0 * omega)  # τσ‖K‖² ≤ 1
+        if init == "fbp" and is_ct:
+            x, kx = data.start(nonneg)
+            x, kx = x / s, kx / s
+        else:
+            x = torch.zeros(*y.shape[:2], *op.in_shape, dtype=y.dtype, device=y.device)
+            kx = data.forward(x)  # K₁x, kept so each iteration needs one A and one Aᵀ
         xbar = x.clone()
-        ax = torch.zeros_like(y)  # K₁x·L_A = A x, kept so each iteration needs one A and one Aᵀ
-        axbar = ax.clone()  # A x̄ = 2 A x' − A x by linearity
-        p = torch.zeros_like(y)
+        kxbar = kx.clone()
+        u = torch.zeros_like(yh)
         q = torch.zeros(*x.shape[:2], 2, *x.shape[2:], dtype=y.dtype, device=y.device)
         objective: list[float] = []
+        done = 0
         for k in tqdm(range(iters), desc="tv", disable=not progress, leave=False):
-            p = (p + sig * (axbar / la - yh)) / (1.0 + sig / weights)
+            u = data.dual_step(u, kxbar - yh, sig)
             q = q + sig * _grad(xbar)
             q = q / (q.pow(2).sum(2, keepdim=True).sqrt() / max(lam_h, 1e-30)).clamp_min(1.0)
-            x_new = x - tau * (op.T(p) / la + _grad_adjoint(q))
+            x_new = x - tau * (data.adjoint(u) + _grad_adjoint(q))
             if nonneg:
                 x_new = x_new.clamp_min(0.0)
+            change = _item_dot(x_new - x, x_new - x).sqrt() \
+                / _item_dot(x_new, x_new).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
             xbar = 2 * x_new - x
             x = x_new
-            ax_new = op(x)
-            axbar = 2 * ax_new - ax
-            ax = ax_new
-            if log_every and (k % log_every == log_every - 1 or k == iters - 1):
+            kx_new = data.forward(x)
+            kxbar = 2 * kx_new - kx
+            kx = kx_new
+            done = k + 1
+            last = k == iters - 1 or bool((change <= tol).all())
+            if log_every and (k % log_every == log_every - 1 or last):
                 img = x * s
-                data = 0.5 * (weights * (ax * s - y).pow(2)).flatten(2).sum(-1)
-                objective.append(float((data + lam * tv_seminorm(img)).mean()))
-    return SolverOutput(image=x * s, info={"iters": iters, "lam": lam, "op_norm": la,
+                objective.append(float((data.misfit(kx, s) + lam * tv_seminorm(img)).mean()))
+            if last:
+                break
+    return SolverOutput(image=x * s, info={"iters": done, "lam": lam, "op_norm": data.norm,
                                            "objective": objective})
+
+
+class _TvData:
+    """TV's data block K₁ = W̃^{1/2}A/L with its dual metric (see :func:`tv`)."""
+
+    def __init__(self, op: LinearOperator, y: torch.Tensor, weights: torch.Tensor | float,
+                 ramp: bool, seed: int):
+        self.op = op
+        self.root_weights = weights.sqrt() if isinstance(weights, torch.Tensor) \
+            else math.sqrt(weights)
+        self.y = y
+        self.metric = RampMetric(op.out_shape[-1], y.dtype, y.device) if ramp else None
+        like = torch.zeros(1, 1, *op.in_shape, dtype=y.dtype, device=y.device)
+        if self.metric is not None:
+            self.norm = self.metric.norm(self._weighted, self._weighted_adjoint, like, seed)
+        elif isinstance(weights, torch.Tensor):  # ‖W̃^{1/2}A‖ (the weights vary per item)
+            self.norm = normal_norm(lambda v: self._weighted_adjoint(self._weighted(v)), like,
+                                    PLAIN_NORM_ITERS, seed)
+        else:
+            self.norm = op.norm(iters=PLAIN_NORM_ITERS, seed=seed, device=y.device)
+        if self.norm == 0:
+            raise MethodError("tv: the operator is zero")
+        with torch.no_grad():
+            self.target = self._pad(self.root_weights * y) / self.norm
+
+    def _pad(self, s: torch.Tensor) -> torch.Tensor:
+        return s if self.metric is None else self.metric.pad(s)
+
+    def _weighted(self, x: torch.Tensor) -> torch.Tensor:
+        """W̃^{1/2}A x (padded with the ramp metric)."""
+        return self._pad(self.root_weights * self.op(x))
+
+    def _weighted_adjoint(self, u: torch.Tensor) -> torch.Tensor:
+        """AᵀW̃^{1/2}u (u cropped first with the ramp metric)."""
+        if self.metric is not None:
+            u = self.metric.crop(u)
+        return self.op.T(self.root_weights * u)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """K₁x."""
+        return self._weighted(x) / self.norm
+
+    def adjoint(self, u: torch.Tensor) -> torch.Tensor:
+        """K₁ᵀu."""
+        return self._weighted_adjoint(u) / self.norm
+
+    def dual_step(self, u: torch.Tensor, residual: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The prox of ½‖· − ŷ‖²'s conjugate in the block's metric at u + Σ₁(K₁x̄ − ŷ)."""
+        if self.metric is None:
+            return (u + sigma * residual) / (1.0 + sigma)
+        return self.metric.dual_step(u, residual, sigma)
+
+    def back_projection(self) -> torch.Tensor:
+        """K₁ᵀ M ŷ with M = F (ramp metric) or I and ŷ unscaled; its RMS sets the image
+        scale s."""
+        return self.adjoint(self.target if self.metric is None
+                            else self.metric.apply(self.target))
+
+    def start(self, nonneg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """x₀ = FBP(y) (≥ 0 with ``nonneg``) and K₁x₀.  (The ramp-filtered back-projection
+        through Aᵀ, which would save the FBP's 0.15 s at 256², started 4 dB lower after 60
+        iterations there: Aᵀ is a poor back-projector for filtered data.)"""
+        x = _fbp(self.y, self.op)
+        x = x.clamp_min(0.0) if nonneg else x
+        return x, self.forward(x)
+
+    def misfit(self, kx: torch.Tensor, s: float) -> torch.Tensor:
+        """½‖A x − y‖²_W̃ per item for x = s·x̂, from K₁x̂."""
+        r = kx * (self.norm * s) - self.target * self.norm
+        return 0.5 * r.pow(2).flatten(2).sum(-1)
 
 
 def _tv_weights(y: torch.Tensor, photons: float | None,

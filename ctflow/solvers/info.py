@@ -46,6 +46,9 @@ class MbirInfo(TypedDict):
     iters: int
     noise_level: float
     objective: list[float]
+    restarts: list[int]
+    solver: str
+    subsets: int
 
 
 class GuidedInfo(TypedDict):

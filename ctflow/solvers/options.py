@@ -148,6 +148,9 @@ class TvOptions(MethodOptions):
     log_every: int = _count(10)
     photons: float | None = _num(None, 0.0, low_open=True)
     electronic_noise: float = _num(0.0, 0.0)
+    precondition: str = opt("ramp", "choice", choices=("ramp", "none"))
+    init: str = opt("fbp", "choice", choices=("fbp", "zeros"))
+    tol: float = _num(5e-4, 0.0)
 
 
 @dataclass(frozen=True)
@@ -158,10 +161,12 @@ class MbirOptions(MethodOptions):
     beta: float = _num(0.004, 0.0, low_open=True)
     delta: float = _num(0.03, 0.0, low_open=True)
     q: float = _num(1.2, 1.0, high=2.0)
-    iters: int = _count(100)
+    iters: int | None = _count(None)
     nonneg: bool = opt(True, "bool")
     init: str = opt("fbp", "choice", choices=("fbp", "zeros"))
     tol: float = _num(1e-9, 0.0)
+    solver: str = opt("auto", "choice", choices=("auto", "os", "lbfgs"))
+    subsets: int | None = _count(None)
 
 
 # -- flow methods (None: from the prior's presets, else the method's generic defaults) -----

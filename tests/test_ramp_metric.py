@@ -1,0 +1,49 @@
+"""The ramp metric of the primal–dual CT solvers (ctflow.solvers.ramp_metric)."""
+
+from __future__ import annotations
+
+import torch
+
+from ctflow.solvers.ramp_metric import RampMetric, normal_norm
+
+
+def _metric() -> RampMetric:
+    return RampMetric(37, torch.float64, torch.device("cpu"))
+
+
+def test_padding_covers_twice_the_detector_and_crop_is_its_adjoint():
+    m = _metric()
+    assert m.length == 128 and m.length >= 2 * 37
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 1, 5, 37, generator=gen, dtype=torch.float64)
+    u = torch.randn(2, 1, 5, m.length, generator=gen, dtype=torch.float64)
+    assert abs(float((m.pad(s) * u).sum() - (s * m.crop(u)).sum())) < 1e-12
+
+
+def test_filter_is_symmetric_positive_definite():
+    m = _metric()
+    eye = torch.eye(m.length, dtype=torch.float64)
+    f = m.apply(eye)  # rows: F e_i
+    assert torch.allclose(f, f.T, atol=1e-12)
+    eig = torch.linalg.eigvalsh(f)
+    assert float(eig.min()) >= 0.99 / m.length and float(eig.max()) <= 0.5 + 1e-9
+
+
+def test_dual_step_solves_the_resolvent():
+    """u' = (I + σF)⁻¹(u + σF r)  ⇔  (I + σF)u' = u + σF r."""
+    m = _metric()
+    gen = torch.Generator().manual_seed(1)
+    u, r = (torch.randn(1, 1, 4, m.length, generator=gen, dtype=torch.float64)
+            for _ in range(2))
+    sigma = 0.7
+    new = m.dual_step(u, r, sigma)
+    assert torch.allclose(new + sigma * m.apply(new), u + sigma * m.apply(r), atol=1e-12)
+
+
+def test_normal_norm_estimates_the_largest_singular_value():
+    gen = torch.Generator().manual_seed(2)
+    c = torch.randn(30, 20, generator=gen, dtype=torch.float64)
+    exact = float(torch.linalg.matrix_norm(c, ord=2))
+    like = torch.zeros(20, dtype=torch.float64)
+    estimate = normal_norm(lambda v: c.T @ (c @ v), like, iters=200)
+    assert exact <= estimate <= exact * 1.03
