@@ -222,6 +222,13 @@ def test_ordered_subsets_settle_near_the_minimum(chest64):
     assert score["os"] >= score["lbfgs"] - 0.3, score
 
 
+def test_coarser_levels_divide_the_subsets():
+    from ctflow.solvers.mbir_os import coarser
+
+    assert [coarser(12, g) for g in (12, 6, 3, 1)] == [6, 3, 1, 1]
+    assert coarser(10, 10) == 5 and coarser(10, 5) == 2 and coarser(7, 7) == 1
+
+
 @pytest.mark.parametrize("backend", ["matrix", "astra-cpu"])
 def test_view_subsets_partition_the_scan(backend):
     """A_m (matrix rows, or a subset operator) is the full A on subset m's views."""
@@ -254,7 +261,10 @@ def test_solver_choice_and_refusals(chest64):
     few = ParallelBeam2D(image_size=64, views=30)
     y30 = simulate(torch.zeros(1, 1, 64, 64) + 0.01, few, photons=PHOTONS, seed=0)
     assert ctflow.reconstruct(y30, few, method="mbir", photons=PHOTONS,
-                              iters=2).info["solver"] == "lbfgs"
+                              iters=2).info["solver"] == "lbfgs"  # < 40 views
+    assert ctflow.reconstruct(y, op, method="mbir", iters=2).info["solver"] == "lbfgs"
+    assert ctflow.reconstruct(y, op, method="mbir", iters=2,
+                              noise_std=0.01).info["solver"] == "os"  # noisy, 60 views
     assert ctflow.reconstruct(y30, few, method="mbir", photons=PHOTONS, iters=2,
                               solver="os").info["subsets"] == 6
     mask = Inpainting(torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) > 0.5)

@@ -10,11 +10,15 @@ subset's data gradient, scaled by M, as the full one:
     t⁺ = (1 + √(1 + 4t²)) / 2,   z = x⁺ + ((t − 1)/t⁺)(x⁺ − x),   x = x⁺,  t = t⁺.
 
 One epoch (M sub-iterations) costs one A and one Aᵀ in all, plus M prior gradients, and
-does M steps.  Ordered subsets with momentum do not converge to the exact minimiser (they
-settle ≈ 1–3 % above Φ's minimum) and can diverge with too few views per subset, so
-M = clamp(views // VIEWS_PER_SUBSET, 1, MAX_SUBSETS) and Φ is evaluated after every epoch
-(one more A): where it went up, the momentum restarts (t = 1, z = x).  MBIR's ``auto``
-takes OS from AUTO_MIN_VIEWS views on (``preferred``), L-BFGS-B below.  Measured on a 256²
+does M steps.  Ordered subsets with momentum do not converge to the exact minimiser and can
+oscillate or diverge with too few views per subset, so M = clamp(views // VIEWS_PER_SUBSET,
+1, MAX_SUBSETS) and Φ is evaluated after every epoch (one more A): where it went up, the
+momentum restarts (t = 1, z = x) and the epochs go on over fewer, larger groups of the
+subsets (12 → 6 → 3 → 1 groups; group g = subsets g, g + groups, …).  On a real 256² slice,
+60 views at 1e5 photons, 12 fixed subsets restarted in 8 of 18 epochs and ended 42 % above
+Φ's minimum; with the coarsening they ended 0.9 % above it, 0.2 dB below L-BFGS-B's image
+in a third of its time.  MBIR's ``auto`` takes OS for noisy data from AUTO_MIN_VIEWS views
+on (``preferred``), L-BFGS-B otherwise.  Measured on a 256²
 chest phantom, 60 views, 1e5 photons (one thread): 12 subsets reached 37.3 / 37.9 / 38.4 dB
 after 16 / 18 / 20 epochs (0.87 / 0.97 / 1.07 s) against L-BFGS-B's 37.0 dB after 60
 iterations (2.5 s) and 38.3 dB after 100; 15 and 20 subsets diverged with momentum.  MBIR
@@ -50,11 +54,14 @@ def applies(op: LinearOperator) -> bool:
     return type(op) in (ParallelBeam2D, FanBeam2D)
 
 
-def preferred(op: LinearOperator) -> bool:
-    """``solver="auto"`` takes OS where it applies and the scan has ≥ AUTO_MIN_VIEWS views:
-    with fewer views the subsets are fewer and the gain small (256², 30 views, 6 subsets:
-    20 epochs 30.0 dB in 0.66 s, 40 epochs 31.5 dB in 1.2 s, L-BFGS-B 32.1 dB in 2.2 s)."""
-    return applies(op) and int(op.out_shape[0]) >= AUTO_MIN_VIEWS
+def preferred(op: LinearOperator, noisy: bool) -> bool:
+    """``solver="auto"`` takes OS where it applies, for noisy data (``photons`` or a noise
+    level given), from AUTO_MIN_VIEWS views on.  With fewer views the subsets are fewer and
+    the gain small (256², 30 views, 6 subsets: 20 epochs 30.0 dB in 0.66 s, 40 epochs
+    31.5 dB in 1.2 s, L-BFGS-B 32.1 dB in 2.2 s); noiseless data weigh the fit so heavily
+    that OS's approximate gradients cost accuracy (a real 256² slice, fan beam, 60 views:
+    39.1 dB after 18 epochs against L-BFGS-B's 41.4 dB)."""
+    return noisy and applies(op) and int(op.out_shape[0]) >= AUTO_MIN_VIEWS
 
 
 def default_subsets(views: int) -> int:
@@ -136,26 +143,37 @@ def view_subsets(op: ParallelBeam2D | FanBeam2D, count: int,
     return _cached_subsets(op.geometry, op.backend, int(count), str(torch.device(device)))
 
 
+def coarser(count: int, current: int) -> int:
+    """The next, coarser level after ``current`` groups of ``count`` subsets: the largest
+    divisor of ``count`` that is at most current // 2 (1 at the end)."""
+    return max(d for d in range(1, max(current // 2, 1) + 1) if count % d == 0)
+
+
 def ordered_subsets(y: torch.Tensor, op: LinearOperator, weights: torch.Tensor,
                     x0: torch.Tensor, d: torch.Tensor, beta: float, delta: float, q: float,
                     epochs: int, subsets: ViewSubsets, nonneg: bool, progress: bool
                     ) -> tuple[torch.Tensor, list[float], int]:
     """OS-SQS-momentum (module docstring) for one item (1, 1, H, W); returns x, Φ after
-    each epoch (Φ(x0) first) and the number of momentum restarts."""
+    each epoch (Φ(x0) first) and the number of momentum restarts.  The epoch runs over
+    ``groups`` groups of the M subsets (group g = subsets g, g + groups, …; M at first);
+    an epoch that raised Φ restarts the momentum and halves the groups (``coarser``)."""
     count = len(subsets)
     data = [(subsets.rows(y, m), subsets.rows(weights, m)) for m in range(count)]
     denominator = d + 2.0 * beta * NEIGHBOUR_WEIGHT_SUM
     x = x0.clone()
     z = x0.clone()
     t = 1.0
+    groups = count
     history = [float(objective(x, y, op, weights, beta, delta, q).sum())]
     restarts = 0
     with torch.no_grad():
         for _ in tqdm(range(epochs), desc="mbir", disable=not progress, leave=False):
-            for m in subsets.order:
-                sub_y, sub_w = data[m]
-                residual = sub_w * (subsets.forward(m, z) - sub_y)
-                grad = count * subsets.adjoint(m, residual) + beta * penalty_gradient(z, delta, q)
+            for g in bit_reversed_order(groups):
+                grad = beta * penalty_gradient(z, delta, q)
+                for m in range(g, count, groups):
+                    sub_y, sub_w = data[m]
+                    residual = sub_w * (subsets.forward(m, z) - sub_y)
+                    grad = grad + groups * subsets.adjoint(m, residual)
                 x_new = z - grad / denominator
                 if nonneg:
                     x_new = x_new.clamp_min(0.0)
@@ -166,6 +184,6 @@ def ordered_subsets(y: torch.Tensor, op: LinearOperator, weights: torch.Tensor,
             if value > history[-1]:
                 t, z = 1.0, x.clone()
                 restarts += 1
+                groups = coarser(count, groups)
             history.append(value)
     return x, history, restarts
-
