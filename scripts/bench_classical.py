@@ -138,7 +138,8 @@ def bench_tv(hu: np.ndarray, views: int) -> list[tuple[str, str]]:
 # Reference: the same measurements with the code before this script (commit bcadf08; auto
 # then sent 512², 60 views to per-call ASTRA and held the matrix as 31 B per non-zero).
 BEFORE = (
-    "Before (commit bcadf08, same machine, one thread, chest phantom): TV 512², 60 views, "
+    "Before (commit bcadf08, measured then on the project's 2-core AMD EPYC machine, one "
+    "thread, chest phantom): TV 512², 60 views, "
     "auto = astra-cpu: 61.3 s CPU (111 s wall on the shared machine), PSNR 33.49 dB; "
     "FBP 512², 768 views (no screen then): 15.7 s CPU (39 s wall; 56 s CPU in a run on a "
     "busier machine), PSNR 38.19 dB; matrix backend 32.3 B per non-zero (A and Aᵀ, each "
