@@ -216,14 +216,7 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
     mean(1/w̃) = 1 over the batch) so that λ keeps its meaning (noise_std None then means
     σ̄ = √mean(1/w)); without ``photons`` W̃ = I.
     """
-    _check_iters(iters)
-    if precondition not in TV_PRECONDITIONERS:
-        raise MethodError(f"tv: precondition must be one of {', '.join(TV_PRECONDITIONERS)}, "
-                          f"got {precondition!r}")
-    if init not in ("fbp", "zeros"):
-        raise MethodError(f"tv: init must be 'fbp' or 'zeros', got {init!r}")
-    if not (math.isfinite(tol) and tol >= 0):
-        raise MethodError(f"tv: tol must be a finite number >= 0, got {tol}")
+    _check_tv_options(iters, precondition, init, tol)
     weights = _tv_weights(y, photons, electronic_noise)
     if photons is not None and noise_std is None:  # σ̄² = mean variance of the rays
         noise_std = photon_noise(y, photons, electronic_noise, None, "tv")[0]
@@ -239,42 +232,62 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
         yh = data.target / s
         lam_h = lam / (data.norm * data.norm * s)
         omega = TV_RAMP_STEP_RATIO if data.metric is not None else TV_STEP_RATIO
-        tau, sig = omega / 3.0, 1.0 / (3.0 * omega)  # τσ‖K‖² ≤ 1
         if init == "fbp" and is_ct:
             x, kx = data.start(nonneg)
             x, kx = x / s, kx / s
         else:
             x = torch.zeros(*y.shape[:2], *op.in_shape, dtype=y.dtype, device=y.device)
             kx = data.forward(x)  # K₁x, kept so each iteration needs one A and one Aᵀ
-        xbar = x.clone()
-        kxbar = kx.clone()
-        u = torch.zeros_like(yh)
-        q = torch.zeros(*x.shape[:2], 2, *x.shape[2:], dtype=y.dtype, device=y.device)
-        objective: list[float] = []
-        done = 0
-        for k in tqdm(range(iters), desc="tv", disable=not progress, leave=False):
-            u = data.dual_step(u, kxbar - yh, sig)
-            q = q + sig * _grad(xbar)
-            q = q / (q.pow(2).sum(2, keepdim=True).sqrt() / max(lam_h, 1e-30)).clamp_min(1.0)
-            x_new = x - tau * (data.adjoint(u) + _grad_adjoint(q))
-            if nonneg:
-                x_new = x_new.clamp_min(0.0)
-            change = _item_dot(x_new - x, x_new - x).sqrt() \
-                / _item_dot(x_new, x_new).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
-            xbar = 2 * x_new - x
-            x = x_new
-            kx_new = data.forward(x)
-            kxbar = 2 * kx_new - kx
-            kx = kx_new
-            done = k + 1
-            last = k == iters - 1 or bool((change <= tol).all())
-            if log_every and (k % log_every == log_every - 1 or last):
-                img = x * s
-                objective.append(float((data.misfit(kx, s) + lam * tv_seminorm(img)).mean()))
-            if last:
-                break
+        x, done, objective = _primal_dual(data, x, kx, yh, lam, lam_h, s, omega, iters, tol,
+                                          nonneg, log_every, progress)
     return SolverOutput(image=x * s, info={"iters": done, "lam": lam, "op_norm": data.norm,
                                            "objective": objective})
+
+
+def _check_tv_options(iters: int, precondition: str, init: str, tol: float) -> None:
+    _check_iters(iters)
+    if precondition not in TV_PRECONDITIONERS:
+        raise MethodError(f"tv: precondition must be one of {', '.join(TV_PRECONDITIONERS)}, "
+                          f"got {precondition!r}")
+    if init not in ("fbp", "zeros"):
+        raise MethodError(f"tv: init must be 'fbp' or 'zeros', got {init!r}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise MethodError(f"tv: tol must be a finite number >= 0, got {tol}")
+
+
+def _primal_dual(data: _TvData, x: torch.Tensor, kx: torch.Tensor, yh: torch.Tensor,
+                 lam: float, lam_h: float, s: float, omega: float, iters: int, tol: float,
+                 nonneg: bool, log_every: int, progress: bool
+                 ) -> tuple[torch.Tensor, int, list[float]]:
+    """The iterations of :func:`tv` from x̂ = ``x`` (K₁x̂ = ``kx``), with τ = ω/3,
+    σ = 1/(3ω); returns x̂, the iterations run and the logged objective."""
+    tau, sig = omega / 3.0, 1.0 / (3.0 * omega)  # τσ‖K‖² ≤ 1
+    xbar, kxbar = x.clone(), kx.clone()
+    u = torch.zeros_like(yh)
+    q = torch.zeros(*x.shape[:2], 2, *x.shape[2:], dtype=x.dtype, device=x.device)
+    objective: list[float] = []
+    done = 0
+    for k in tqdm(range(iters), desc="tv", disable=not progress, leave=False):
+        u = data.dual_step(u, kxbar - yh, sig)
+        q = q + sig * _grad(xbar)
+        q = q / (q.pow(2).sum(2, keepdim=True).sqrt() / max(lam_h, 1e-30)).clamp_min(1.0)
+        x_new = x - tau * (data.adjoint(u) + _grad_adjoint(q))
+        if nonneg:
+            x_new = x_new.clamp_min(0.0)
+        change = _item_dot(x_new - x, x_new - x).sqrt() \
+            / _item_dot(x_new, x_new).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
+        xbar = 2 * x_new - x
+        x = x_new
+        kx_new = data.forward(x)
+        kxbar = 2 * kx_new - kx
+        kx = kx_new
+        done = k + 1
+        last = k == iters - 1 or bool((change <= tol).all())
+        if log_every and (k % log_every == log_every - 1 or last):
+            objective.append(float((data.misfit(kx, s) + lam * tv_seminorm(x * s)).mean()))
+        if last:
+            break
+    return x, done, objective
 
 
 class _TvData:
