@@ -151,15 +151,27 @@ def test_tv_ramp_metric_converges_faster_to_the_same_minimum():
     objective, and with the ramp it takes far fewer iterations (64², 60 views, 1e5)."""
     x, op, y = _chest_problem()
     opts = {"photons": 1e5, "tol": 0.0}
-    fast = ctflow.reconstruct(y, op, method="tv", iters=40, **opts)
-    slow = ctflow.reconstruct(y, op, method="tv", iters=40, precondition="none",
-                              init="zeros", **opts)
+    fast = ctflow.reconstruct(y, op, method="tv", iters=40, precondition="ramp", **opts)
+    slow = ctflow.reconstruct(y, op, method="tv", iters=40, precondition="none", **opts)
+    assert fast.info["precondition"] == "ramp" and slow.info["precondition"] == "none"
     assert psnr(fast.image, x) > psnr(slow.image, x) + 3.0
     lam = fast.info["lam"]
     limits = [ctflow.reconstruct(y, op, method="tv", iters=n, lam=lam, log_every=n,
                                  precondition=pre, **opts).info["objective"][-1]
               for n, pre in ((400, "ramp"), (3000, "none"))]
     assert limits[0] == pytest.approx(limits[1], rel=2e-3), limits
+
+
+def test_tv_auto_metric_ramp_for_unweighted_ct_only():
+    """auto: the ramp metric for CT data without photons; photon weights and non-CT
+    operators keep the plain scheme (from zero, all iterations)."""
+    _, op, y = _chest_problem()
+    assert ctflow.reconstruct(y, op, method="tv", iters=5).info["precondition"] == "ramp"
+    weighted = ctflow.reconstruct(y, op, method="tv", iters=7, photons=1e5)
+    assert weighted.info["precondition"] == "none" and weighted.info["iters"] == 7
+    mask = Inpainting(torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) > 0.5)
+    res = ctflow.reconstruct(mask(torch.rand(1, 1, 16, 16)), mask, method="tv", iters=9)
+    assert res.info["precondition"] == "none" and res.info["iters"] == 9
 
 
 def test_tv_stops_at_tol_and_runs_all_iterations_without():

@@ -162,10 +162,10 @@ def test_tv_photon_weights_fit_reliable_rays(chest64):
     from ctflow.solvers.classical import _tv_weights, tv_seminorm
 
     _, _, op, y = chest64
-    plain = ctflow.reconstruct(y, op, method="tv", photons=None, iters=300, tol=0.0)
+    opts = {"iters": 300, "tol": 0.0, "precondition": "ramp"}  # both converged
+    plain = ctflow.reconstruct(y, op, method="tv", photons=None, **opts)
     lam = plain.info["lam"]
-    weighted = ctflow.reconstruct(y, op, method="tv", photons=PHOTONS, iters=300, tol=0.0,
-                                  lam=lam)
+    weighted = ctflow.reconstruct(y, op, method="tv", photons=PHOTONS, lam=lam, **opts)
     w = _tv_weights(y, PHOTONS)
 
     def objective(image: torch.Tensor, weights: torch.Tensor | float) -> float:

@@ -37,6 +37,7 @@ class TvInfo(TypedDict):
     lam: float
     objective: list[float]
     op_norm: float
+    precondition: str
 
 
 class MbirInfo(TypedDict):

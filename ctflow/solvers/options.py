@@ -148,9 +148,9 @@ class TvOptions(MethodOptions):
     log_every: int = _count(10)
     photons: float | None = _num(None, 0.0, low_open=True)
     electronic_noise: float = _num(0.0, 0.0)
-    precondition: str = opt("ramp", "choice", choices=("ramp", "none"))
-    init: str = opt("fbp", "choice", choices=("fbp", "zeros"))
-    tol: float = _num(5e-4, 0.0)
+    precondition: str = opt("auto", "choice", choices=("auto", "ramp", "none"))
+    init: str = opt("auto", "choice", choices=("auto", "fbp", "zeros"))
+    tol: float | None = _num(None, 0.0)
 
 
 @dataclass(frozen=True)
