@@ -48,7 +48,7 @@ SOLVERS: dict[str, SolverSpec] = {
     "tv": SolverSpec("classical", "tv", False, "total variation, Chambolle–Pock primal–dual",
                      _opts.TvOptions, _info.TvInfo),
     "mbir": SolverSpec("mbir", "mbir", False,
-                       "MBIR: weighted least squares + q-GGMRF prior (L-BFGS-B)",
+                       "MBIR: weighted least squares + q-GGMRF prior (ordered subsets or L-BFGS-B)",
                        _opts.MbirOptions, _info.MbirInfo),
     "pigfm": SolverSpec("pigfm", "pigfm", True, "ΠGFM: Euler with pseudo-inverse guidance",
                         _opts.PigfmOptions, _info.GuidedInfo),
