@@ -2,27 +2,27 @@
 Nesterov momentum (OS-SQS-momentum, after Kim, Ramani & Fessler 2015).
 
 Φ(x) = ½‖Ax − y‖²_W + β R(x) (``mbir``) with the views split into M interleaved subsets
-S_m = {m, m + M, m + 2M, …}, visited in bit-reversed order.  Each sub-iteration takes the
-subset's data gradient, scaled by M, as the full one:
+S_m = {m, m + M, m + 2M, …}, visited in groups of G (G = M at first; group g holds the
+subsets g, g + G, …, visited in bit-reversed order).  Each sub-iteration takes the group's
+data gradient, scaled by G, as the full one:
 
-    g = M · A_mᵀ W_m (A_m z − y_m) + β ∇R(z)
+    g = G · Σ_{m ∈ group} A_mᵀ W_m (A_m z − y_m) + β ∇R(z)
     x⁺ = max(z − g / D, 0),      D = Aᵀ W A 𝟙 + 2β Σ_k w_jk    (the SQS curvature, ``mbir``)
     t⁺ = (1 + √(1 + 4t²)) / 2,   z = x⁺ + ((t − 1)/t⁺)(x⁺ − x),   x = x⁺,  t = t⁺.
 
-One epoch (M sub-iterations) costs one A and one Aᵀ in all, plus M prior gradients, and
-does M steps.  Ordered subsets with momentum do not converge to the exact minimiser and can
-oscillate or diverge with too few views per subset, so M = clamp(views // VIEWS_PER_SUBSET,
-1, MAX_SUBSETS) and Φ is evaluated after every epoch (one more A): where it went up, the
-momentum restarts (t = 1, z = x) and the epochs go on over fewer, larger groups of the
-subsets (12 → 6 → 3 → 1 groups; group g = subsets g, g + groups, …).  On a real 256² slice,
-60 views at 1e5 photons, 12 fixed subsets restarted in 8 of 18 epochs and ended 42 % above
-Φ's minimum; with the coarsening they ended 0.9 % above it, 0.2 dB below L-BFGS-B's image
-in a third of its time.  MBIR's ``auto`` takes OS for noisy data from AUTO_MIN_VIEWS views
-on (``preferred``), L-BFGS-B otherwise.  Measured on a 256²
-chest phantom, 60 views, 1e5 photons (one thread): 12 subsets reached 37.3 / 37.9 / 38.4 dB
-after 16 / 18 / 20 epochs (0.87 / 0.97 / 1.07 s) against L-BFGS-B's 37.0 dB after 60
-iterations (2.5 s) and 38.3 dB after 100; 15 and 20 subsets diverged with momentum.  MBIR
-runs 18 epochs by default.
+One epoch (G sub-iterations) costs one A and one Aᵀ in all, plus G prior gradients.  Ordered
+subsets with momentum do not converge to the exact minimiser and can oscillate or diverge
+with too few views per subset, so M = clamp(views // VIEWS_PER_SUBSET, 1, MAX_SUBSETS) and
+Φ is evaluated after every epoch (one more A): where it went up, the momentum restarts
+(t = 1, z = x) and G coarsens (12 → 6 → 3 → 1, :func:`coarser`).
+
+Measured (one thread): on a 256² chest phantom, 60 views, 1e5 photons, 12 subsets reached
+37.3 / 37.9 / 38.4 dB after 16 / 18 / 20 epochs (0.87 / 0.97 / 1.07 s) against L-BFGS-B's
+37.0 dB after 60 iterations (2.5 s) and 38.3 dB after 100; 15 and 20 subsets diverged with
+momentum.  On a real 256² slice at 1e5 photons, 12 fixed subsets restarted in 8 of 18
+epochs and ended 42 % above Φ's minimum; with the coarsening they ended 0.9 % above it,
+0.2 dB below L-BFGS-B's image in a third of its time.  MBIR runs 18 epochs by default and
+``auto`` takes OS for noisy data from AUTO_MIN_VIEWS views on (:func:`preferred`).
 """
 
 from __future__ import annotations
