@@ -187,14 +187,14 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
        electronic_noise: float = 0.0, precondition: str = "auto", init: str = "auto",
        tol: float | None = None) -> SolverOutput:
     """Total-variation reconstruction  min_x ½‖A x − y‖²_W̃ + λ TV(x)  (+ x ≥ 0 if nonneg)
-    by the primal–dual method of Chambolle & Pock on K = [K₁; ∇], with the data block
-    K₁ = W̃^{1/2}A/L normalised (L below) and the image scaled by 1/s (s = RMS of the
-    normalised back-projection of the data), so both blocks are O(1):
+    by the primal–dual method of Chambolle & Pock on K = [K₁; ∇], with the data block K₁
+    normalised by L (both below) and the image scaled by 1/s (s = RMS of the normalised
+    back-projection of the data), so both blocks are O(1):
 
         u ← prox of the data term's conjugate at u + Σ₁(K₁x̄ − ŷ)
         q ← clip_λ̂(q + σ ∇x̄)                          (projection on {‖q_i‖₂ ≤ λ̂})
         x' ← max(x − τ(K₁ᵀu + ∇ᵀq), 0),  x̄ ← 2x' − x,  x ← x'
-    with ŷ = W̃^{1/2}y/(L s), λ̂ = λ/(L² s), τ = ω/3, σ = 1/(3ω) and τσ‖Σ^{1/2}K‖² ≤ 1
+    with λ̂ = λ/(L² s), τ = ω/3, σ = 1/(3ω) and τσ‖Σ^{1/2}K‖² ≤ 1
     because ‖∇‖² ≤ 8.  The data block's dual metric Σ₁ (``precondition``):
 
     * ``"ramp"`` (CT operators; ``ramp_metric``): K₁ = W̃^{1/2}A/L, Σ₁ = σF with F a ramp
