@@ -246,7 +246,7 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
             x, kx = x / s, kx / s
         else:
             x = torch.zeros(*y.shape[:2], *op.in_shape, dtype=y.dtype, device=y.device)
-            kx = data.forward(x)  # K₁x, kept so each iteration needs one A and one Aᵀ
+            kx = torch.zeros_like(data.target)  # K₁x (kept: one A and one Aᵀ per iteration)
         x, done, objective = _primal_dual(data, x, kx, yh, lam, lam_h, s, omega, iters, tol,
                                           nonneg, log_every, progress)
     return SolverOutput(image=x * s, info={"iters": done, "lam": lam, "op_norm": data.norm,

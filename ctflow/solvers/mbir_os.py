@@ -95,6 +95,7 @@ class ViewSubsets:
         self.index = [np.arange(m, views, count) for m in range(count)]
         self.order = bit_reversed_order(count)
         self.shapes = [(len(idx), geometry.det_count) for idx in self.index]
+        self.image_shape = geometry.image_shape
         self.blocks: list[sp.csr_matrix] = []
         self.ops: list[LinearOperator] = []
         if device.type == "cpu" and op.backend_for(device) == "matrix":
@@ -126,8 +127,7 @@ class ViewSubsets:
         if not self.blocks:
             return self.ops[m].T(r)
         out = self.blocks[m].T @ r.detach().reshape(-1).numpy()
-        side = int(round(math.sqrt(out.size)))
-        return torch.from_numpy(out).to(r.dtype).reshape(1, 1, side, side)
+        return torch.from_numpy(out).to(r.dtype).reshape(1, 1, *self.image_shape)
 
 
 @functools.lru_cache(maxsize=CACHED_GEOMETRIES)
