@@ -130,8 +130,8 @@ class Prior:
     # -- helpers -------------------------------------------------------------------------
     @staticmethod
     def _time(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(t, torch.Tensor):
-            t = torch.tensor(float(t))
+        if not isinstance(t, torch.Tensor):  # filled on x's device: no host-to-device copy
+            return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
         t = t.to(device=x.device, dtype=x.dtype)
         return t.expand(x.shape[0]) if t.ndim == 0 else t.reshape(x.shape[0])
 

@@ -251,7 +251,7 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
     u_perp = u - u_par
     order = int(opts.get("order", 1))
     prev: dict[str, torch.Tensor] = {}  # the previous step's frozen vectors (order 2)
-    steps: list[dict[str, float]] = []
+    stats: list[torch.Tensor] = []  # per step: relative residual, ‖x‖, finite (1/0)
     it = range(coef.steps)
     if progress:
         from tqdm import tqdm
@@ -288,15 +288,11 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
                                                  _at(coef.m1, i), slope, vp)
             prev = frozen
             u_perp, u_par = new_perp, new_par
-            steps.append({
-                "t": t,
-                "residual": float(resid.norm() / target.norm().clamp_min(1e-12)),
-                "x_norm": float(x.norm()),
-            })
-            if not bool(torch.isfinite(u_par).all() and torch.isfinite(u_perp).all()):
-                raise MethodError(f"conjugate integrator diverged at t = {t:.3f}; "
-                                  "lower w or raise nfe")
+            # per-step figures stay on the device: nothing is read on the host in the loop
+            stats.append(torch.stack([resid.norm() / target.norm().clamp_min(1e-12),
+                                      x.norm(), _finite(u_par) * _finite(u_perp)]))
         x = u_par + u_perp  # n(1) = 1
+    steps = _step_records(coef.grid, stats)
     info = {
         "grid": [float(t) for t in coef.grid],
         "params": {k: opts.get(k) for k in ("w", "lam", "tau", "jacobian", "rho_scale", "order",
@@ -307,6 +303,23 @@ def _run(y: torch.Tensor, op: LinearOperator, prior: Prior, noise_std: float | N
         "weighted": weights is not None,
     }
     return SolverOutput(image=problem.to_physical(x), nfe=prior.nfe - nfe0, info=info)
+
+
+def _finite(v: torch.Tensor) -> torch.Tensor:
+    """1.0 where every entry of v is finite, else 0.0 (a device tensor, not a bool)."""
+    return torch.isfinite(v).all().to(v.dtype)
+
+
+def _step_records(grid: np.ndarray, stats: list[torch.Tensor]) -> list[dict[str, float]]:
+    """The per-step info records, read from the device once after the loop; MethodError
+    naming the first step whose state was not finite."""
+    values = torch.stack(stats).double().cpu().numpy() if stats else np.zeros((0, 3))
+    for finite, t in zip(values[:, 2], grid, strict=False):
+        if finite != 1.0:
+            raise MethodError(f"conjugate integrator diverged at t = {float(t):.3f}; "
+                              "lower w or raise nfe")
+    return [{"t": float(t), "residual": float(r), "x_norm": float(n)}
+            for (r, n, _), t in zip(values, grid, strict=False)]
 
 
 def _slopes(now: dict[str, torch.Tensor], before: dict[str, torch.Tensor],

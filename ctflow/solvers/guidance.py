@@ -27,6 +27,10 @@ since A P = A it is ŷ_t − P x̂1 for the *weighted* target
 
     ŷ_t = P (AᵀW̃A + ρ_t I)⁻¹(AᵀW̃y + ρ_t P x̂1)      (CG, warm-started at the last solve).
 
+On a GPU the solves after the start run a fixed number of masked CG iterations on the
+start's route (``weights.solve_weighted_normal_fixed``), so the sampling loop never waits
+for a value to be read back to the host; on the CPU they stop as soon as they converge.
+
 AᵀW̃A + ρ_t I keeps A's row space, so the solve already lies in P's range (P only removes
 the CG rounding).  Only the target changes: P stays the unweighted orthogonal projector
 A⁺A, which is what makes the conjugate map A_t = e^{λt}[(I−P) + e^{wκ}P] exact, and the
@@ -45,13 +49,19 @@ from ..errors import MethodError
 from ..paths import interpolate, r2
 from ..priors.base import Prior
 from .common import ModelProblem, seeded_noise
-from .weights import solve_weighted_normal
+from .weights import solve_weighted_normal_fixed, solve_weighted_normal_route
 
 # CG of the weighted target (pre-log Poisson data): relative residual and iteration cap per
 # solve, warm-started at the previous step's solution (64² ct60: 40–80 plain CG iterations
 # reach 1e-5; past the cap, weights.solve_weighted_normal continues preconditioned).
 WEIGHTED_CG_TOL = 1e-5
 WEIGHTED_CG_ITERS = 100
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a value back to the host is free on ``device`` (CPU: the values are
+    already there; a GPU waits for its queue to drain at every read)."""
+    return device.type == "cpu"
 
 
 # -- network calls -----------------------------------------------------------------------
@@ -93,6 +103,10 @@ class GuidanceTarget:
         self.y_tilde: torch.Tensor | None = None  # ỹ = A⁺y (noiseless)
         self.aty: torch.Tensor | None = None  # Aᵀy, or AᵀW̃y with weights (noisy)
         self._last: torch.Tensor | None = None  # the last weighted solve (CG warm start)
+        self._route: bool | None = None  # whether the first weighted solve needed the
+        # preconditioned continuation (the route later read-free solves take)
+        self._mean_weight = 1.0 if self.weights is None else \
+            float(self.weights.double().mean())
         with torch.no_grad():
             if self.weights is not None:
                 self.aty = problem.op.T(self.weights * problem.y)
@@ -116,9 +130,17 @@ class GuidanceTarget:
             if self.weights is None:
                 return self.problem.op.projected_solve_normal(self.aty + rho * p_x1, rho)
             op = self.problem.op
-            self._last = solve_weighted_normal(op, self.weights, self.aty + rho * p_x1, rho,
-                                               x0=self._last, tol=WEIGHTED_CG_TOL,
-                                               maxiter=WEIGHTED_CG_ITERS)
+            rhs = self.aty + rho * p_x1
+            if self._route is None or host_reads_are_free(rhs.device):
+                self._last, route = solve_weighted_normal_route(
+                    op, self.weights, rhs, rho, x0=self._last, tol=WEIGHTED_CG_TOL,
+                    maxiter=WEIGHTED_CG_ITERS)
+                self._route = route if self._route is None else self._route
+            else:  # on a GPU, inside the loop: the start's route, no host reads
+                self._last = solve_weighted_normal_fixed(
+                    op, self.weights, rhs, rho, self._last, WEIGHTED_CG_TOL,
+                    WEIGHTED_CG_ITERS, preconditioned=self._route,
+                    mean_weight=self._mean_weight)
             return op.projector(self._last)
 
     def start(self, t0: float) -> torch.Tensor:

@@ -130,22 +130,58 @@ def solve_weighted_normal(op: LinearOperator, weights: torch.Tensor, rhs: torch.
     """(AᵀW̃A + ρI) x = rhs per batch item from x0 (else 0) to ‖residual‖ ≤ tol·‖rhs‖: plain
     CG for up to ``maxiter`` iterations, then, where that did not converge and a closed-form
     white solve exists, up to ``maxiter`` preconditioned ones (module docstring)."""
+    return solve_weighted_normal_route(op, weights, rhs, rho, x0, tol, maxiter)[0]
+
+
+def solve_weighted_normal_route(op: LinearOperator, weights: torch.Tensor, rhs: torch.Tensor,
+                                rho: float, x0: torch.Tensor | None = None,
+                                tol: float = 1e-6, maxiter: int = 200
+                                ) -> tuple[torch.Tensor, bool]:
+    """:func:`solve_weighted_normal` and whether it went on preconditioned (the route a
+    later :func:`solve_weighted_normal_fixed` can take without asking the device)."""
+    _check_rho(rho)
+    with torch.no_grad():
+        x, done = pcg(_weighted_apply(op, weights, rho), rhs, None, x0, tol, maxiter)
+        if not (rho > 0 and closed_form_white_solve(op)) or bool(done):
+            return x, False
+        precondition = _white_preconditioner(op, float(weights.double().mean()), rho)
+        return pcg(_weighted_apply(op, weights, rho), rhs, precondition, x, tol, maxiter)[0], \
+            True
+
+
+def solve_weighted_normal_fixed(op: LinearOperator, weights: torch.Tensor, rhs: torch.Tensor,
+                                rho: float, x0: torch.Tensor | None, tol: float, maxiter: int,
+                                preconditioned: bool, mean_weight: float) -> torch.Tensor:
+    """The same solve without reading anything on the host (for loops on a GPU, where every
+    read waits for the device): ``maxiter`` plain CG iterations, then ``maxiter``
+    preconditioned ones if ``preconditioned``, items that reached ``tol`` frozen in place
+    (α = 0) instead of ending the loop.  Same result as :func:`solve_weighted_normal` when
+    the route is the one it takes; the price is the iterations it would have skipped.
+    ``mean_weight`` is mean(w̃), read by the caller beforehand."""
+    _check_rho(rho)
+    apply = _weighted_apply(op, weights, rho)
+    with torch.no_grad():
+        x = pcg(apply, rhs, None, x0, tol, maxiter, early_exit=False)[0]
+        if preconditioned and rho > 0 and closed_form_white_solve(op):
+            x = pcg(apply, rhs, _white_preconditioner(op, mean_weight, rho), x, tol, maxiter,
+                    early_exit=False)[0]
+        return x
+
+
+def _check_rho(rho: float) -> None:
     if not rho >= 0:
         raise MethodError(f"the weighted normal equations need rho >= 0, got {rho}")
 
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        return weighted_normal(op, weights, v, rho)
 
-    with torch.no_grad():
-        x, converged = pcg(apply, rhs, None, x0, tol, maxiter)
-        if converged or not (rho > 0 and closed_form_white_solve(op)):
-            return x
-        omega = float(weights.double().mean())
+def _weighted_apply(op: LinearOperator, weights: torch.Tensor, rho: float
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda v: weighted_normal(op, weights, v, rho)
 
-        def precondition(r: torch.Tensor) -> torch.Tensor:
-            return op.solve_normal(r, rho / omega) / omega
 
-        return pcg(apply, rhs, precondition, x, tol, maxiter)[0]
+def _white_preconditioner(op: LinearOperator, omega: float, rho: float
+                          ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """r ↦ (ω̄AᵀA + ρI)⁻¹ r = op.solve_normal(r, ρ/ω̄)/ω̄, ω̄ = ``omega`` = mean(w̃)."""
+    return lambda r: op.solve_normal(r, rho / omega) / omega
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -155,10 +191,13 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def pcg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
         precondition: Callable[[torch.Tensor], torch.Tensor] | None,
-        x0: torch.Tensor | None, tol: float, maxiter: int) -> tuple[torch.Tensor, bool]:
+        x0: torch.Tensor | None, tol: float, maxiter: int, early_exit: bool = True
+        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Preconditioned CG for M x = rhs (M symmetric positive definite), per batch item:
     z = P⁻¹r, α = ⟨r, z⟩/⟨p, Mp⟩, x += αp, r −= αMp, β = ⟨r', z'⟩/⟨r, z⟩, p = z' + βp;
-    items stop (α = 0) once ‖r‖ ≤ tol·‖rhs‖.  Returns x and whether every item stopped."""
+    items stop (α = 0) once ‖r‖ ≤ tol·‖rhs‖.  Returns x and whether every item stopped (a
+    0-dim bool tensor on rhs's device).  ``early_exit`` ends the loop once all have stopped
+    (one host read per iteration); without it all ``maxiter`` iterations run, read-free."""
     def prec(r: torch.Tensor) -> torch.Tensor:
         return r if precondition is None else precondition(r)
 
@@ -170,8 +209,8 @@ def pcg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
     rz = _dot(r, z)
     for _ in range(maxiter):
         active = _dot(r, r) > stop
-        if not bool(active.any()):
-            return x, True
+        if early_exit and not bool(active.any()):
+            return x, ~active.any()
         mp = apply(p)
         pmp = _dot(p, mp)
         alpha = torch.where(active & (pmp > 0), rz / pmp.clamp_min(1e-300), 0.0)
@@ -182,7 +221,7 @@ def pcg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
         beta = torch.where(active & (rz > 0), rz_new / rz.clamp_min(1e-300), 0.0)
         p = z + beta.to(p.dtype) * p
         rz = rz_new
-    return x, not bool((_dot(r, r) > stop).any())
+    return x, ~(_dot(r, r) > stop).any()
 
 
 def photon_noise(y: torch.Tensor, photons: float | None, electronic_noise: float,
