@@ -5,7 +5,8 @@ parallel beam, 60 views, Poisson data with 1e5 photons (``ctflow.simulate``).  M
 
 * ``fbp``         ram-lak FBP
 * ``tv``          ctflow TV at its defaults, told the true noise std (ramp metric)
-* ``tv-60``       the same stopped after 60 iterations (a budget near svmbir's time)
+* ``tv-30``, ``tv-40``  the same stopped after 30 or 40 iterations (budgets near svmbir's
+                  time)
 * ``tv-photons``  TV with the photon-weighted data term (``photons=``; plain metric)
 * ``mbir``        ctflow MBIR at its defaults (``photons=``; ordered subsets at ≥ 40 views)
 * ``mbir-lbfgs``  the same with its L-BFGS-B solver (100 iterations)
@@ -101,7 +102,8 @@ def main() -> None:
     runs: dict[str, Callable[[], np.ndarray]] = {
         "fbp": ours("fbp"),
         "tv": ours("tv"),
-        "tv-60": ours("tv", iters=60, tol=0.0),
+        "tv-30": ours("tv", iters=30, tol=0.0),
+        "tv-40": ours("tv", iters=40, tol=0.0),
         "tv-photons": ours("tv", photons=args.photons),
         "mbir": ours("mbir", photons=args.photons),
         "mbir-lbfgs": ours("mbir", photons=args.photons, solver="lbfgs"),

@@ -23,9 +23,16 @@ from .ramp_metric import RampMetric
 from .weights import photon_noise
 
 TV_LAM_SCALE = 0.5  # λ = TV_LAM_SCALE · σ · (mean column norm of A), see :func:`tv`
-TV_STEP_RATIO = 10.0  # τ/σ of Chambolle–Pock on the rescaled problem (tuned on phantoms)
-TV_RAMP_STEP_RATIO = 5.0  # τ/σ with the ramp metric: of 1, 2, 3, 5, 10 and 30 at 64²–256²,
-# 3 and 5 led (5 ahead after 60 iterations: 37.2 against 36.7 dB at 256²)
+TV_STEP_RATIO = 10.0  # τ/σ with the plain metric (photon weights), and its relaxation ρ:
+TV_RELAXATION = 1.8  # of ω ∈ {10, 20, 40} × ρ ∈ {1, 1.5, 1.8} on real 256² validation slices
+# (60 views, 1e5 photons), (10, 1.8) led at 100 and 300 iterations: 35.69 dB after 300
+# against 34.67 for the earlier (10, 1) (docs/tuning/tv_steps.md)
+TV_RAMP_STEP_RATIO = 2.0  # τ/σ with the ramp metric, and its relaxation ρ: of ω ∈ {2, 3, 5}
+TV_RAMP_RELAXATION = 1.5  # × ρ ∈ {1, 1.5, 1.8} on real validation slices (128², 256²; 60
+# views at 1e5 photons and 30 noiseless), (2, 1.5) was within 0.4 dB of the best after 20
+# iterations and 0.25 dB after 40, 60, 100 and at the default stop, which it reached in 111
+# (128²) and 156 (256²) iterations against 159 and 220 for the earlier (5, 1); 256² after 40
+# iterations: 33.38 against 32.62 dB (docs/tuning/tv_steps.md)
 TV_TOL = 5e-4  # relative change per iteration at which TV stops (within 0.1 dB of its limit
 # on 64²–256² chest phantoms, 60 views, 1e5 photons: 100–200 iterations)
 TV_PRECONDITIONERS = ("auto", "ramp", "none")
@@ -185,25 +192,32 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
        iters: int = 300, lam: float | None = None, nonneg: bool = True,
        log_every: int = 10, photons: float | None = None,
        electronic_noise: float = 0.0, precondition: str = "auto", init: str = "auto",
-       tol: float | None = None) -> SolverOutput:
+       tol: float | None = None, step_ratio: float | None = None,
+       relaxation: float | None = None) -> SolverOutput:
     """Total-variation reconstruction  min_x ½‖A x − y‖²_W̃ + λ TV(x)  (+ x ≥ 0 if nonneg)
-    by the primal–dual method of Chambolle & Pock on K = [K₁; ∇], with the data block K₁
-    normalised by L (both below) and the image scaled by 1/s (s = RMS of the normalised
-    back-projection of the data), so both blocks are O(1):
+    by the relaxed primal–dual method of Chambolle & Pock on K = [K₁; ∇], with the data
+    block K₁ normalised by L (both below) and the image scaled by 1/s (s = RMS of the
+    normalised back-projection of the data), so both blocks are O(1):
 
-        u ← prox of the data term's conjugate at u + Σ₁(K₁x̄ − ŷ)
-        q ← clip_λ̂(q + σ ∇x̄)                          (projection on {‖q_i‖₂ ≤ λ̂})
-        x' ← max(x − τ(K₁ᵀu + ∇ᵀq), 0),  x̄ ← 2x' − x,  x ← x'
-    with λ̂ = λ/(L² s), τ = ω/3, σ = 1/(3ω) and τσ‖Σ^{1/2}K‖² ≤ 1
-    because ‖∇‖² ≤ 8.  The data block's dual metric Σ₁ (``precondition``):
+        x̃ = max(x − τ(K₁ᵀu + ∇ᵀq), 0),  x̄ = 2x̃ − x
+        ũ = prox of the data term's conjugate at u + Σ₁(K₁x̄ − ŷ)
+        q̃ = clip_λ̂(q + σ ∇x̄)                         (projection on {‖q_i‖₂ ≤ λ̂})
+        (x, u, q) ← (x, u, q) + ρ((x̃, ũ, q̃) − (x, u, q))
+
+    with λ̂ = λ/(L² s), τ = ω/3, σ = 1/(3ω), τσ‖Σ^{1/2}K‖² ≤ 1 because ‖∇‖² ≤ 8, and the
+    relaxation ρ ∈ (0, 2) (ρ = 1: the plain method).  K₁x and Kᵀ(u, q) are carried along
+    with x and (u, q), so an iteration costs one A and one Aᵀ.  ω (``step_ratio``) and ρ
+    (``relaxation``) default to the values tuned per metric on real validation slices
+    (``scripts/tune_tv_steps.py``).  The data block's dual metric Σ₁ (``precondition``):
 
     * ``"ramp"`` (CT operators; ``ramp_metric``): K₁ = W̃^{1/2}A/L, Σ₁ = σF with F a ramp
       filter along the detector, L = ‖F^{1/2}W̃^{1/2}A‖, u ← (I + σF)⁻¹(u + σF(K₁x̄ − ŷ)),
-      ŷ = W̃^{1/2}y/(L s); ω = TV_RAMP_STEP_RATIO.  It whitens AᵀA's 1/|ω| spectrum: on a
-      256² chest phantom, 60 views, 1e5 photons, it reached 38.8 dB in 100 iterations where
-      the plain metric from zero was at 29.7 dB (39.7 dB is the limit of both);
+      ŷ = W̃^{1/2}y/(L s); (ω, ρ) = TV_RAMP_STEP_RATIO, TV_RAMP_RELAXATION.  It whitens
+      AᵀA's 1/|k| spectrum (k the spatial frequency): on a 256² chest phantom, 60 views,
+      1e5 photons, it reached 38.8 dB in 100 iterations where the plain metric from zero
+      was at 29.7 dB (39.7 dB is the limit of both; both unrelaxed);
     * ``"none"``: K₁ = A/L, Σ₁ = σI, L = ‖A‖, u ← (u + σ(K₁x̄ − ŷ))/(1 + σ/w̃), ŷ = y/(L s)
-      (the weights in the prox); ω = TV_STEP_RATIO;
+      (the weights in the prox); (ω, ρ) = TV_STEP_RATIO, TV_RELAXATION;
     * ``"auto"``: ramp for CT operators without ``photons``, else none.  With photon weights
       the ramp metric is the wrong one: they span orders of magnitude on clinical data
       (a real 512² chest slice at 1e5 photons: 1 to 1e5 counts), F^{1/2}W̃^{1/2}A is far from
@@ -213,16 +227,18 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
     the ramp metric and zeros without.  Stops after ``iters`` iterations or once
     ‖x_{k+1} − x_k‖ ≤ ``tol``·‖x_{k+1}‖ for every item (None: TV_TOL with the ramp metric, 0
     without, i.e. all ``iters``).  Non-CT operators and photon-weighted data therefore run
-    TV's earlier scheme unchanged.  ``lam`` None: :func:`default_tv_lam` (uses noise_std
-    when given).  info: ``lam``, ``op_norm`` (L), ``iters`` (run), ``objective`` (the
-    unscaled objective every ``log_every`` iterations), ``precondition`` (the metric used).
+    all ``iters`` iterations of the plain metric from zero.  ``lam`` None:
+    :func:`default_tv_lam` (uses noise_std when given).  info: ``lam``, ``op_norm`` (L),
+    ``iters`` (run), ``objective`` (the unscaled objective every ``log_every``
+    iterations), ``precondition`` (the metric used), ``step_ratio`` and ``relaxation``
+    (ω and ρ used).
 
     ``photons`` I0 (Poisson data; ``electronic_noise`` σ_e in counts): W̃ holds the relative
     inverse-variance weights of ``weights.py`` (w̃_i ∝ c_i²/(c_i + σ_e²), c_i = I0·e^{−y_i},
     mean(1/w̃) = 1 over the batch) so that λ keeps its meaning (noise_std None then means
     σ̄ = √mean(1/w)); without ``photons`` W̃ = I.
     """
-    _check_tv_options(iters, precondition, init, tol)
+    _check_tv_options(iters, precondition, init, tol, step_ratio, relaxation)
     weights = _tv_weights(y, photons, electronic_noise)
     if photons is not None and noise_std is None:  # σ̄² = mean variance of the rays
         noise_std = photon_noise(y, photons, electronic_noise, None, "tv")[0]
@@ -240,21 +256,32 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
         s = float(back.double().pow(2).mean().sqrt()) or 1.0
         yh = data.target / s
         lam_h = lam / (data.norm * data.norm * s)
-        omega = TV_RAMP_STEP_RATIO if ramp else TV_STEP_RATIO
+        steps = _tv_steps(ramp, step_ratio, relaxation)
         if start == "fbp" and is_ct:
             x, kx = data.start(nonneg)
             x, kx = x / s, kx / s
         else:
             x = torch.zeros(*y.shape[:2], *op.in_shape, dtype=y.dtype, device=y.device)
             kx = torch.zeros_like(data.target)  # K₁x (kept: one A and one Aᵀ per iteration)
-        x, done, objective = _primal_dual(data, x, kx, yh, lam, lam_h, s, omega, iters, tol,
+        x, done, objective = _primal_dual(data, x, kx, yh, lam, lam_h, s, steps, iters, tol,
                                           nonneg, log_every, progress)
     return SolverOutput(image=x * s, info={"iters": done, "lam": lam, "op_norm": data.norm,
                                            "objective": objective,
-                                           "precondition": "ramp" if ramp else "none"})
+                                           "precondition": "ramp" if ramp else "none",
+                                           "step_ratio": steps[0], "relaxation": steps[1]})
 
 
-def _check_tv_options(iters: int, precondition: str, init: str, tol: float | None) -> None:
+def _tv_steps(ramp: bool, step_ratio: float | None, relaxation: float | None
+              ) -> tuple[float, float]:
+    """(ω, ρ): the given values, else the tuned ones of the metric in use."""
+    omega, rho = (TV_RAMP_STEP_RATIO, TV_RAMP_RELAXATION) if ramp else \
+        (TV_STEP_RATIO, TV_RELAXATION)
+    return (omega if step_ratio is None else float(step_ratio),
+            rho if relaxation is None else float(relaxation))
+
+
+def _check_tv_options(iters: int, precondition: str, init: str, tol: float | None,
+                      step_ratio: float | None, relaxation: float | None) -> None:
     _check_iters(iters)
     if precondition not in TV_PRECONDITIONERS:
         raise MethodError(f"tv: precondition must be one of {', '.join(TV_PRECONDITIONERS)}, "
@@ -263,36 +290,48 @@ def _check_tv_options(iters: int, precondition: str, init: str, tol: float | Non
         raise MethodError(f"tv: init must be 'auto', 'fbp' or 'zeros', got {init!r}")
     if tol is not None and not (math.isfinite(tol) and tol >= 0):
         raise MethodError(f"tv: tol must be a finite number >= 0, got {tol}")
+    if step_ratio is not None and not (math.isfinite(step_ratio) and step_ratio > 0):
+        raise MethodError(f"tv: step_ratio must be a finite number > 0, got {step_ratio}")
+    if relaxation is not None and not 0 < relaxation < 2:
+        raise MethodError(f"tv: relaxation must lie in (0, 2), got {relaxation}")
 
 
 def _primal_dual(data: _TvData, x: torch.Tensor, kx: torch.Tensor, yh: torch.Tensor,
-                 lam: float, lam_h: float, s: float, omega: float, iters: int, tol: float,
-                 nonneg: bool, log_every: int, progress: bool
+                 lam: float, lam_h: float, s: float, steps: tuple[float, float], iters: int,
+                 tol: float, nonneg: bool, log_every: int, progress: bool
                  ) -> tuple[torch.Tensor, int, list[float]]:
-    """The iterations of :func:`tv` from x̂ = ``x`` (K₁x̂ = ``kx``), with τ = ω/3,
-    σ = 1/(3ω); returns x̂, the iterations run and the logged objective."""
+    """The relaxed iterations of :func:`tv` from x̂ = ``x`` (K₁x̂ = ``kx``) with
+    ``steps`` = (ω, ρ): τ = ω/3, σ = 1/(3ω); returns x̂, the iterations run and the logged
+    objective.  K₁x and Kᵀ(u, q) are carried along as the same combinations as x and (u, q),
+    so an iteration costs one A and one Aᵀ."""
+    omega, rho = steps
     tau, sig = omega / 3.0, 1.0 / (3.0 * omega)  # τσ‖K‖² ≤ 1
-    xbar, kxbar = x.clone(), kx.clone()
     u = torch.zeros_like(yh)
     q = torch.zeros(*x.shape[:2], 2, *x.shape[2:], dtype=x.dtype, device=x.device)
+    kt = torch.zeros_like(x)  # K₁ᵀu + ∇ᵀq
+    tiny = torch.finfo(x.dtype).tiny
     objective: list[float] = []
     done = 0
     for k in tqdm(range(iters), desc="tv", disable=not progress, leave=False):
-        u = data.dual_step(u, kxbar - yh, sig)
-        q = q + sig * _grad(xbar)
-        q = q / (q.pow(2).sum(2, keepdim=True).sqrt() / max(lam_h, 1e-30)).clamp_min(1.0)
-        x_new = x - tau * (data.adjoint(u) + _grad_adjoint(q))
+        xh = x - tau * kt
         if nonneg:
-            x_new = x_new.clamp_min(0.0)
-        change = _item_dot(x_new - x, x_new - x).sqrt() \
-            / _item_dot(x_new, x_new).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
-        xbar = 2 * x_new - x
-        x = x_new
-        kx_new = data.forward(x)
-        kxbar = 2 * kx_new - kx
-        kx = kx_new
+            xh = xh.clamp_min(0.0)
+        kxh = data.forward(xh)
+        xbar = 2 * xh - x
+        uh = data.dual_step(u, 2 * kxh - kx - yh, sig)
+        qh = q + sig * _grad(xbar)
+        qh = qh / (qh.pow(2).sum(2, keepdim=True).sqrt() / max(lam_h, 1e-30)).clamp_min(1.0)
+        kth = data.adjoint(uh) + _grad_adjoint(qh)
+        step = rho * (xh - x)
+        x = x + step
+        kx = kx + rho * (kxh - kx)
+        u = u + rho * (uh - u)
+        q = q + rho * (qh - q)
+        kt = kt + rho * (kth - kt)
+        change = _item_dot(step, step).sqrt() / _item_dot(x, x).sqrt().clamp_min(tiny)
         done = k + 1
-        last = k == iters - 1 or bool((change <= tol).all())
+        # (the first step leaves x where it is: u = q = 0 until then)
+        last = k == iters - 1 or (k > 0 and bool((change <= tol).all()))
         if log_every and (k % log_every == log_every - 1 or last):
             objective.append(float((data.misfit(kx, s) + lam * tv_seminorm(x * s)).mean()))
         if last:

@@ -38,6 +38,8 @@ class TvInfo(TypedDict):
     objective: list[float]
     op_norm: float
     precondition: str
+    step_ratio: float
+    relaxation: float
 
 
 class MbirInfo(TypedDict):

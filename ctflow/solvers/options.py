@@ -151,6 +151,8 @@ class TvOptions(MethodOptions):
     precondition: str = opt("auto", "choice", choices=("auto", "ramp", "none"))
     init: str = opt("auto", "choice", choices=("auto", "fbp", "zeros"))
     tol: float | None = _num(None, 0.0)
+    step_ratio: float | None = _num(None, 0.0, low_open=True)
+    relaxation: float | None = _num(None, 0.0, low_open=True, high=2.0, high_open=True)
 
 
 @dataclass(frozen=True)
