@@ -19,7 +19,7 @@ from ..operators import LinearOperator
 from ..operators import fbp as _fbp
 from ..operators.fbp import FILTERS
 from .common import SolverOutput
-from .ramp_metric import RampMetric
+from .tv_data import TvDataBlock
 from .weights import photon_noise
 
 TV_LAM_SCALE = 0.5  # λ = TV_LAM_SCALE · σ · (mean column norm of A), see :func:`tv`
@@ -36,7 +36,6 @@ TV_RAMP_RELAXATION = 1.5  # × ρ ∈ {1, 1.5, 1.8} on real validation slices (1
 TV_TOL = 5e-4  # relative change per iteration at which TV stops (within 0.1 dB of its limit
 # on 64²–256² chest phantoms, 60 views, 1e5 photons: 100–200 iterations)
 TV_PRECONDITIONERS = ("auto", "ramp", "none")
-PLAIN_NORM_ITERS = 30  # power iterations for ‖A‖ without the ramp metric
 NOISELESS_REL_STD = 0.005  # σ assumed by TV when noise_std is None: 0.5 % of RMS(y)
 
 
@@ -218,10 +217,9 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
       was at 29.7 dB (39.7 dB is the limit of both; both unrelaxed);
     * ``"none"``: K₁ = A/L, Σ₁ = σI, L = ‖A‖, u ← (u + σ(K₁x̄ − ŷ))/(1 + σ/w̃), ŷ = y/(L s)
       (the weights in the prox); (ω, ρ) = TV_STEP_RATIO, TV_RELAXATION;
-    * ``"auto"``: ramp for CT operators without ``photons``, else none.  With photon weights
-      the ramp metric is the wrong one: they span orders of magnitude on clinical data
-      (a real 512² chest slice at 1e5 photons: 1 to 1e5 counts), F^{1/2}W̃^{1/2}A is far from
-      whitened, and 300 ramp iterations reached 23.2 dB where the plain scheme gave 31.2 dB.
+    * ``"auto"``: ramp for CT operators without ``photons``, else none: weights spanning
+      1 to 1e5 counts (a real 512² slice at 1e5 photons) leave F^{1/2}W̃^{1/2}A far from
+      whitened (300 ramp iterations: 23.2 dB, the plain scheme then: 31.2 dB).
 
     ``init`` "fbp" starts CT operators from max(FBP(y), 0), "zeros" from 0, "auto" fbp with
     the ramp metric and zeros without.  Stops after ``iters`` iterations or once
@@ -233,10 +231,9 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
     iterations), ``precondition`` (the metric used), ``step_ratio`` and ``relaxation``
     (ω and ρ used).
 
-    ``photons`` I0 (Poisson data; ``electronic_noise`` σ_e in counts): W̃ holds the relative
-    inverse-variance weights of ``weights.py`` (w̃_i ∝ c_i²/(c_i + σ_e²), c_i = I0·e^{−y_i},
-    mean(1/w̃) = 1 over the batch) so that λ keeps its meaning (noise_std None then means
-    σ̄ = √mean(1/w)); without ``photons`` W̃ = I.
+    ``photons`` I0 (``electronic_noise`` σ_e in counts): W̃ = the relative inverse-variance
+    weights of ``weights.py`` (mean(1/w̃) = 1, so λ keeps its meaning; noise_std None then
+    means σ̄ = √mean(1/w)); without ``photons`` W̃ = I.
     """
     _check_tv_options(iters, precondition, init, tol, step_ratio, relaxation)
     weights = _tv_weights(y, photons, electronic_noise)
@@ -250,7 +247,7 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
     ramp = is_ct and (precondition == "ramp" or (precondition == "auto" and photons is None))
     tol = (TV_TOL if ramp else 0.0) if tol is None else tol
     start = ("fbp" if ramp else "zeros") if init == "auto" else init
-    data = _TvData(op, y.detach(), weights, ramp, seed)
+    data = TvDataBlock(op, y.detach(), weights, ramp, seed)
     with torch.no_grad():
         back = data.back_projection()
         s = float(back.double().pow(2).mean().sqrt()) or 1.0
@@ -296,7 +293,7 @@ def _check_tv_options(iters: int, precondition: str, init: str, tol: float | Non
         raise MethodError(f"tv: relaxation must lie in (0, 2), got {relaxation}")
 
 
-def _primal_dual(data: _TvData, x: torch.Tensor, kx: torch.Tensor, yh: torch.Tensor,
+def _primal_dual(data: TvDataBlock, x: torch.Tensor, kx: torch.Tensor, yh: torch.Tensor,
                  lam: float, lam_h: float, s: float, steps: tuple[float, float], iters: int,
                  tol: float, nonneg: bool, log_every: int, progress: bool
                  ) -> tuple[torch.Tensor, int, list[float]]:
@@ -337,76 +334,6 @@ def _primal_dual(data: _TvData, x: torch.Tensor, kx: torch.Tensor, yh: torch.Ten
         if last:
             break
     return x, done, objective
-
-
-class _TvData:
-    """TV's data block K₁ with its dual metric (see :func:`tv`): with the ramp metric
-    K₁ = W̃^{1/2}A/L on a padded detector, else K₁ = A/L with W̃ in the prox."""
-
-    def __init__(self, op: LinearOperator, y: torch.Tensor, weights: torch.Tensor | float,
-                 ramp: bool, seed: int):
-        self.op = op
-        self.weights = weights
-        self.root_weights = weights.sqrt() if isinstance(weights, torch.Tensor) \
-            else math.sqrt(weights)
-        self.y = y
-        self.metric = RampMetric(op.out_shape[-1], y.dtype, y.device) if ramp else None
-        if self.metric is not None:
-            like = torch.zeros(1, 1, *op.in_shape, dtype=y.dtype, device=y.device)
-            self.norm = self.metric.norm(self._weighted, self._weighted_adjoint, like, seed)
-        else:
-            self.norm = op.norm(iters=PLAIN_NORM_ITERS, seed=seed, device=y.device)
-        if self.norm == 0:
-            raise MethodError("tv: the operator is zero")
-        with torch.no_grad():
-            self.target = (y if self.metric is None
-                           else self.metric.pad(self.root_weights * y)) / self.norm
-
-    def _weighted(self, x: torch.Tensor) -> torch.Tensor:
-        """K₁x·L: W̃^{1/2}A x padded (ramp metric), else A x."""
-        if self.metric is None:
-            return self.op(x)
-        return self.metric.pad(self.root_weights * self.op(x))
-
-    def _weighted_adjoint(self, u: torch.Tensor) -> torch.Tensor:
-        """K₁ᵀu·L: AᵀW̃^{1/2} of the cropped u (ramp metric), else Aᵀu."""
-        if self.metric is None:
-            return self.op.T(u)
-        return self.op.T(self.root_weights * self.metric.crop(u))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """K₁x."""
-        return self._weighted(x) / self.norm
-
-    def adjoint(self, u: torch.Tensor) -> torch.Tensor:
-        """K₁ᵀu."""
-        return self._weighted_adjoint(u) / self.norm
-
-    def dual_step(self, u: torch.Tensor, residual: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The prox of the data term's conjugate in the block's metric at u + Σ₁(K₁x̄ − ŷ)."""
-        if self.metric is None:
-            return (u + sigma * residual) / (1.0 + sigma / self.weights)
-        return self.metric.dual_step(u, residual, sigma)
-
-    def back_projection(self) -> torch.Tensor:
-        """K₁ᵀ M ŷ with M = F (ramp metric) or I and ŷ unscaled; its RMS sets the image
-        scale s."""
-        return self.adjoint(self.target if self.metric is None
-                            else self.metric.apply(self.target))
-
-    def start(self, nonneg: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """x₀ = FBP(y) (≥ 0 with ``nonneg``) and K₁x₀.  (The ramp-filtered back-projection
-        through Aᵀ, which would save the FBP's 0.15 s at 256², started 4 dB lower after 60
-        iterations there: Aᵀ is a poor back-projector for filtered data.)"""
-        x = _fbp(self.y, self.op)
-        x = x.clamp_min(0.0) if nonneg else x
-        return x, self.forward(x)
-
-    def misfit(self, kx: torch.Tensor, s: float) -> torch.Tensor:
-        """½‖A x − y‖²_W̃ per item for x = s·x̂, from K₁x̂."""
-        r = kx * (self.norm * s) - self.target * self.norm
-        weighted = r * r if self.metric is not None else self.weights * r * r
-        return 0.5 * weighted.flatten(2).sum(-1)
 
 
 def _tv_weights(y: torch.Tensor, photons: float | None,
