@@ -89,7 +89,8 @@ def lanczos_norm(normal: Callable[[torch.Tensor], torch.Tensor], like: torch.Ten
     v = torch.randn(like.shape, generator=gen, dtype=torch.float64).to(like.device, like.dtype)
     v = v / v.norm()
     basis = [v]
-    alphas, betas = [], []
+    alphas: list[torch.Tensor] = []
+    betas: list[torch.Tensor] = []
     with torch.no_grad():
         for j in range(steps):
             w = normal(basis[-1])
