@@ -146,13 +146,15 @@ class CTOperator(LinearOperator):
 
     def sym(self) -> SymmetricProjector:
         """The cached block eigendecomposition of the symmetrised system matrix (computed
-        on first use, verified on load like ``svd``); applies A_s through this operator."""
+        on first use, its dense blocks on a GPU when one is present; verified on load like
+        ``svd``); applies A_s through this operator."""
         if self._sym is None:
             g = self.geometry
             key = g.cache_key("sym", PROJECTOR[g.type], astra_version(), self.svd_threshold)
             self._sym = SymmetricProjector.cached(
                 key, lambda: system_matrix(g), self.symmetries(), self.svd_threshold,
-                matrix_description(g), g.sinogram_shape, self._apply, self._apply_adjoint)
+                matrix_description(g), g.sinogram_shape, self._apply, self._apply_adjoint,
+                eigh_device="cuda" if torch.cuda.is_available() else None)
         return self._sym
 
     def _exact(self) -> TruncatedSVD | SymmetricProjector:

@@ -105,9 +105,11 @@ class SymmetricProjector:
     def compute(cls, matrix: sp.spmatrix | Callable[[], sp.spmatrix],
                 symmetries: list[Symmetry], threshold: float,
                 sinogram_shape: tuple[int, int], forward: Apply | None = None,
-                adjoint: Apply | None = None) -> SymmetricProjector:
+                adjoint: Apply | None = None, eigh_device: str | None = None
+                ) -> SymmetricProjector:
         """Symmetrise A, split the smaller Gram matrix into blocks and eigendecompose each
-        (float64 ``eigh``), keeping the pairs above TAIL_FLOOR·σ_max.
+        (float64 ``eigh``: scipy's, or torch's on ``eigh_device``, e.g. "cuda"), keeping the
+        pairs above TAIL_FLOOR·σ_max.
 
         Memory: A (given as a function, it is released once A_s is formed) and A_s's rows
         (or its transpose) stay; the largest block goes first, before any factors are held,
@@ -126,7 +128,7 @@ class SymmetricProjector:
                    disable=None)  # shown on a terminal
         for i in bar:
             bar.set_postfix_str(f"{block_list[i].dim}×{block_list[i].dim}")
-            factors[i] = _block_factors(side, block_list[i], top, threshold)
+            factors[i] = _block_factors(side, block_list[i], top, threshold, eigh_device)
         bar.close()
         del side
         _retruncate(factors, threshold)
@@ -137,7 +139,8 @@ class SymmetricProjector:
     def cached(cls, key: str, matrix_fn: Callable[[], sp.spmatrix],
                symmetries: list[Symmetry], threshold: float, description: Mapping[str, Any],
                sinogram_shape: tuple[int, int], forward: Apply | None = None,
-               adjoint: Apply | None = None) -> SymmetricProjector:
+               adjoint: Apply | None = None, eigh_device: str | None = None
+               ) -> SymmetricProjector:
         """Load from the verified disk cache or compute and store (see ``TruncatedSVD``):
         ``description`` is everything A depends on; the entry is checked against it, the
         threshold, the group and :func:`factors_problem`, and rebuilt if it does not match."""
@@ -149,9 +152,11 @@ class SymmetricProjector:
                      len(symmetries), sinogram_shape[0] * sinogram_shape[1],
                      symmetries[0].image_src.size)
             start = time.perf_counter()
-            proj = cls.compute(matrix_fn, symmetries, threshold, sinogram_shape)
-            log.info("projector built in %.0f s (rank %d, %d blocks)",
-                     time.perf_counter() - start, proj.rank, len(proj.blocks))
+            proj = cls.compute(matrix_fn, symmetries, threshold, sinogram_shape,
+                               eigh_device=eigh_device)
+            log.info("projector built in %.0f s (rank %d, %d blocks, eigh on %s)",
+                     time.perf_counter() - start, proj.rank, len(proj.blocks),
+                     eigh_device or "cpu")
             memo["blocks"] = proj.blocks
             return proj.to_arrays()
 
@@ -358,8 +363,8 @@ def _gram(f: sp.csc_matrix) -> np.ndarray:
     return out
 
 
-def _block_factors(side: sp.csr_matrix, block: Block, top: float, threshold: float
-                   ) -> dict[str, np.ndarray]:
+def _block_factors(side: sp.csr_matrix, block: Block, top: float, threshold: float,
+                   eigh_device: str | None = None) -> dict[str, np.ndarray]:
     """Eigenpairs of one block FᵀF: kept (λ > (threshold·top)²; eigenvectors float32) and
     tail (above (TAIL_FLOOR·top)²; float64, as on the ray side their rounding would be
     amplified by up to σ_max/σ = 10⁶), columns in decreasing λ."""
@@ -368,7 +373,7 @@ def _block_factors(side: sp.csr_matrix, block: Block, top: float, threshold: flo
     f = (side @ block.matrix(side.shape[1])).tocsc()  # F_b = A_s B_b or A_sᵀ B_b
     gram = _gram(f)
     del f
-    lam, vecs = scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False)
+    lam, vecs = _eigh(gram, eigh_device)
     del gram
     keep = lam > (threshold * top) ** 2
     tail = (lam > (TAIL_FLOOR * top) ** 2) & ~keep
@@ -378,6 +383,18 @@ def _block_factors(side: sp.csr_matrix, block: Block, top: float, threshold: flo
         out[q] = np.ascontiguousarray(vecs[:, idx], dtype=dtype)
         out[lm] = np.ascontiguousarray(lam[idx])
     return out
+
+
+def _eigh(gram: np.ndarray, device: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix: scipy's
+    ``eigh`` on the host (overwrites ``gram``), or ``torch.linalg.eigh`` on ``device`` (a
+    GPU's dense solver; the factors come back to the host)."""
+    if device is None:
+        return scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False)
+    g = torch.from_numpy(gram).to(device)
+    lam, vecs = torch.linalg.eigh(g)
+    del g
+    return lam.cpu().numpy(), vecs.cpu().numpy()
 
 
 def _empty(d: int) -> dict[str, np.ndarray]:

@@ -252,3 +252,21 @@ def test_warm_projector_leaves_nothing_to_build_for_the_sym_route():
     y = op(x)
     op.projector(x), op.pinv(y), op.solve_normal(op.adjoint(y), 0.1)
     assert set(op.sym()._copies) == copies and op._svd is None
+
+
+def test_eigh_on_a_torch_device_gives_the_same_projector():
+    """The build's dense blocks through torch.linalg.eigh (what a GPU runs; here on the CPU)
+    give the projector and pseudo-inverse of scipy's eigh up to the float32 factors."""
+    op = ParallelBeam2D(32, 20)
+    g = op.geometry
+    args = (system_matrix(g), op.symmetries(), op.svd_threshold, g.sinogram_shape,
+            op._apply, op._apply_adjoint)
+    host = SymmetricProjector.compute(*args)
+    device = SymmetricProjector.compute(*args, eigh_device="cpu")
+    assert device.rank == host.rank
+    x = torch.randn(2, 1, 32, 32, generator=_gen(7), dtype=torch.float64)
+    px, pd = host.project(x), device.project(x)
+    assert float((px - pd).norm() / px.norm()) < 1e-6
+    y = op(x)
+    ax, ad = host.pinv(y), device.pinv(y)
+    assert float((ax - ad).norm() / ax.norm()) < 1e-5
