@@ -102,4 +102,5 @@ def test_cuda_loop_does_not_synchronise(monkeypatch):
         image = ctflow.reconstruct(y, op, **kwargs).image
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.allclose(image, reference, atol=1e-5)
+    assert float((image - reference).norm() / reference.norm()) < 1e-4  # GPU kernels may
+    # differ in the last bits from run to run
