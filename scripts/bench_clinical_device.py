@@ -15,7 +15,7 @@ resized; PSNR in HU against them), on ``--device`` (default: CUDA when present),
 Every solve is synchronised before its clock stops.  Writes Markdown (``--out``):
 
     python3 scripts/bench_clinical_device.py --out docs/bench_clinical_cuda.md
-    python3 scripts/bench_clinical_device.py --device cpu --sizes 64 --slices 1 --out /tmp/x.md
+    python3 scripts/bench_clinical_device.py --device cpu --sizes 64 --slices 1 --out smoke.md
 """
 
 from __future__ import annotations
