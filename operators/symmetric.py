@@ -41,9 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 from tqdm.auto import tqdm
 
@@ -51,6 +49,7 @@ from .cache import load_or_build
 from .svd import TAIL_FLOOR
 from .symmetric_check import FACTOR_NAMES, SPACES, factors_problem
 from .symmetric_group import Block, Symmetry, blocks, space_permutations, symmetrised_matrix
+from .symmetric_linalg import eigh, gram, largest_singular_value
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,6 @@ CACHE_FORMAT = 1
 COLUMN_CHUNK = 2048  # columns of Q converted to float64 at a time when applying
 FLOAT64_COPY_MAX_BYTES = 512e6  # up to this size a float64 copy of Q is kept per device
 # instead (128², 60 views: 100 MB; 256²: 390 MB; 512²: 1.6 GB, converted per call)
-GRAM_CHUNK = 1024  # columns of a Gram block formed at a time (sparse product, then dense)
 Apply = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -119,7 +117,7 @@ class SymmetricProjector:
         space = "measurement" if rows.size <= a_s.shape[1] else "image"
         a_s = a_s[rows]
         side = a_s if space == "image" else a_s.T.tocsr()  # F_b = side @ B_b
-        top = _largest_singular_value(a_s)
+        top = largest_singular_value(a_s)
         del a_s
         block_list = blocks(symmetries, space_permutations(symmetries, space, rows))
         factors: list[dict[str, np.ndarray]] = [{} for _ in block_list]
@@ -339,30 +337,6 @@ def _spectral(coords: torch.Tensor, q: torch.Tensor, gain: torch.Tensor) -> torc
     return out
 
 
-def _largest_singular_value(a: sp.csr_matrix) -> float:
-    """σ_max of a sparse matrix (Lanczos on the smaller Gram matrix)."""
-    small = min(a.shape)
-    if small <= 64:
-        return float(np.linalg.norm(a.toarray(), 2))
-    at = a.T.tocsr()
-    op = spla.LinearOperator((small, small), dtype=np.float64,
-                             matvec=(lambda v: a @ (at @ v)) if a.shape[0] == small
-                             else (lambda v: at @ (a @ v)))
-    lam = spla.eigsh(op, k=1, which="LA", tol=1e-10, return_eigenvectors=False,
-                     v0=np.ones(small))
-    return float(np.sqrt(lam[0]))
-
-
-def _gram(f: sp.csc_matrix) -> np.ndarray:
-    """FᵀF as a dense float64 array, GRAM_CHUNK columns at a time (sparse products)."""
-    ft = f.T  # a CSR view of the same arrays
-    d = f.shape[1]
-    out = np.empty((d, d), order="F")
-    for start in range(0, d, GRAM_CHUNK):
-        out[:, start:start + GRAM_CHUNK] = (ft @ f[:, start:start + GRAM_CHUNK]).toarray()
-    return out
-
-
 def _block_factors(side: sp.csr_matrix, block: Block, top: float, threshold: float,
                    eigh_device: str | None = None) -> dict[str, np.ndarray]:
     """Eigenpairs of one block FᵀF: kept (λ > (threshold·top)²; eigenvectors float32) and
@@ -371,10 +345,10 @@ def _block_factors(side: sp.csr_matrix, block: Block, top: float, threshold: flo
     if block.dim == 0:
         return _empty(0)
     f = (side @ block.matrix(side.shape[1])).tocsc()  # F_b = A_s B_b or A_sᵀ B_b
-    gram = _gram(f)
+    gram_matrix = gram(f)
     del f
-    lam, vecs = _eigh(gram, eigh_device)
-    del gram
+    lam, vecs = eigh(gram_matrix, eigh_device)
+    del gram_matrix
     keep = lam > (threshold * top) ** 2
     tail = (lam > (TAIL_FLOOR * top) ** 2) & ~keep
     out = {}
@@ -383,18 +357,6 @@ def _block_factors(side: sp.csr_matrix, block: Block, top: float, threshold: flo
         out[q] = np.ascontiguousarray(vecs[:, idx], dtype=dtype)
         out[lm] = np.ascontiguousarray(lam[idx])
     return out
-
-
-def _eigh(gram: np.ndarray, device: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix: scipy's
-    ``eigh`` on the host (overwrites ``gram``), or ``torch.linalg.eigh`` on ``device`` (a
-    GPU's dense solver; the factors come back to the host)."""
-    if device is None:
-        return scipy.linalg.eigh(gram, overwrite_a=True, check_finite=False)
-    g = torch.from_numpy(gram).to(device)
-    lam, vecs = torch.linalg.eigh(g)
-    del g
-    return lam.cpu().numpy(), vecs.cpu().numpy()
 
 
 def _empty(d: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,8 @@ parallel beam, 60 views, Poisson data with 1e5 photons (``ctflow.simulate``).  M
 * ``tv``          ctflow TV at its defaults, told the true noise std (ramp metric)
 * ``tv-30``, ``tv-40``  the same stopped after 30 or 40 iterations (budgets near svmbir's
                   time)
-* ``tv-photons``  TV with the photon-weighted data term (``photons=``; plain metric)
+* ``tv-photons``  TV with the photon-weighted data term (``photons=``; the ramp metric with
+                  the weights in its prox)
 * ``mbir``        ctflow MBIR at its defaults (``photons=``; ordered subsets at ≥ 40 views)
 * ``mbir-lbfgs``  the same with its L-BFGS-B solver (100 iterations)
 * ``svmbir``      svmbir.recon (optional dependency, ``pip install svmbir``): transmission

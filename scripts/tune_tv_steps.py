@@ -8,8 +8,12 @@ iteration budgets and at TV's default stop (``tol``), with the iterations that t
 
 * ``ramp`` (the metric TV uses when told a noise level): 60 views at 1e5 photons (TV gets
   the true noise std) and 30 noiseless views, at 128² and 256²;
-* ``none`` (the plain metric TV uses with ``photons``, the pre-log Poisson weights): 60
-  views at 1e5 photons, 256², at the default 300 iterations.
+* ``ramp-photons`` (the ramp metric with the pre-log Poisson weights of ``photons`` in the
+  prox): 60 views at 1e5 photons, 256²;
+* ``plain`` (the plain metric, ``precondition="none"``, with the photon weights): 60 views
+  at 1e5 photons, 256², at the default 300 iterations.
+
+``--parts`` picks which of the three run (each writes its own table).
 
 Parallel beam, Poisson data with seed 0 (``ctflow.simulate``).  One thread.  Writes a
 Markdown report (the constants in ``classical.py`` cite it):
@@ -38,7 +42,7 @@ from ctflow.simulate import noise_std  # noqa: E402
 from ctflow.units import hu_to_mu, mu_to_hu  # noqa: E402
 
 RAMP_TASKS = (("ct60-1e5", 60, 1e5), ("ct30", 30, None))
-PLAIN_TASKS = (("ct60-1e5-photons", 60, 1e5),)
+PHOTON_TASKS = (("ct60-1e5-photons", 60, 1e5),)
 
 
 def problems(size: int, count: int, tasks) -> list[tuple[str, dict, np.ndarray]]:
@@ -59,7 +63,7 @@ def problems(size: int, count: int, tasks) -> list[tuple[str, dict, np.ndarray]]
     return out
 
 
-def score(problem: tuple[str, dict, np.ndarray], **opts) -> tuple[float, int, float]:
+def score(problem: tuple[str, dict, np.ndarray], **opts: object) -> tuple[float, int, float]:
     """PSNR (dB), iterations run and seconds of one TV reconstruction."""
     _, kw, hu = problem
     kw = dict(kw)
@@ -70,17 +74,18 @@ def score(problem: tuple[str, dict, np.ndarray], **opts) -> tuple[float, int, fl
     return evaluate(mu_to_hu(res.image[0, 0].numpy()), hu)["psnr"], res.info["iters"], wall
 
 
-def grid_rows(probs, grid, budgets: tuple[int, ...], default_stop: bool
+def grid_rows(probs, grid, budgets: tuple[int, ...], default_stop: bool, **fixed: object
               ) -> list[tuple[float, float, dict[str, float]]]:
-    """(ω, ρ, {column: mean value}) per setting."""
+    """(ω, ρ, {column: mean value}) per setting (``fixed``: further TV options)."""
     rows = []
     for omega, rho in grid:
         cols: dict[str, float] = {}
         for b in budgets:
             cols[f"{b} it"] = float(np.mean([score(p, iters=b, tol=0.0, step_ratio=omega,
-                                                   relaxation=rho)[0] for p in probs]))
+                                                   relaxation=rho, **fixed)[0]
+                                             for p in probs]))
         if default_stop:
-            runs = [score(p, step_ratio=omega, relaxation=rho) for p in probs]
+            runs = [score(p, step_ratio=omega, relaxation=rho, **fixed) for p in probs]
             cols["default stop"] = float(np.mean([r[0] for r in runs]))
             cols["its"] = float(np.mean([r[1] for r in runs]))
         rows.append((omega, rho, cols))
@@ -106,25 +111,36 @@ def main() -> None:
     parser.add_argument("--ramp-omegas", type=float, nargs="+", default=[2.0, 3.0, 5.0])
     parser.add_argument("--plain-omegas", type=float, nargs="+", default=[10.0, 20.0, 40.0])
     parser.add_argument("--rhos", type=float, nargs="+", default=[1.0, 1.5, 1.8])
+    parser.add_argument("--parts", nargs="+", default=["ramp", "ramp-photons", "plain"],
+                        choices=["ramp", "ramp-photons", "plain"])
     parser.add_argument("--out", default="docs/tuning/tv_steps.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     lines = ["# TV step ratio ω and relaxation ρ on real validation slices", "",
              f"`OMP_NUM_THREADS=1 python3 scripts/tune_tv_steps.py --images {args.images} "
-             f"--sizes {' '.join(map(str, args.sizes))}`: the validation split of the real CT "
-             f"pool ({args.images} slices per size, whole held-out patients), parallel beam, "
-             "Poisson data with seed 0. Mean PSNR (dB, HU) after a fixed number of "
-             "iterations (tol 0) and at TV's default stop (relative change ≤ tol), with the "
-             "mean iterations run.", ""]
-    for size in args.sizes:
-        probs = problems(size, args.images, RAMP_TASKS)
+             f"--sizes {' '.join(map(str, args.sizes))} --parts {' '.join(args.parts)}`: the "
+             f"validation split of the real CT pool ({args.images} slices per size, whole "
+             "held-out patients), parallel beam, Poisson data with seed 0. Mean PSNR (dB, HU) "
+             "after a fixed number of iterations (tol 0) and at TV's default stop (relative "
+             "change ≤ tol, or its 300 iterations), with the mean iterations run.", ""]
+    if "ramp" in args.parts:
+        for size in args.sizes:
+            probs = problems(size, args.images, RAMP_TASKS)
+            rows = grid_rows(probs, itertools.product(args.ramp_omegas, args.rhos),
+                             (20, 40, 60, 100), default_stop=True)
+            lines += table(f"ramp metric, {size}² ({', '.join(t[0] for t in RAMP_TASKS)})",
+                           rows)
+    if "ramp-photons" in args.parts:
+        probs = problems(256, args.images, PHOTON_TASKS)
         rows = grid_rows(probs, itertools.product(args.ramp_omegas, args.rhos),
-                         (20, 40, 60, 100), default_stop=True)
-        lines += table(f"ramp metric, {size}² ({', '.join(t[0] for t in RAMP_TASKS)})", rows)
-    probs = problems(256, args.images, PLAIN_TASKS)
-    rows = grid_rows(probs, itertools.product(args.plain_omegas, args.rhos), (100, 300),
-                     default_stop=False)
-    lines += table("plain metric (photon weights), 256², 60 views, 1e5 photons", rows)
+                         (25, 50, 100), default_stop=True, precondition="ramp")
+        lines += table("ramp metric with the photon weights in its prox, 256², 60 views, "
+                       "1e5 photons", rows)
+    if "plain" in args.parts:
+        probs = problems(256, args.images, PHOTON_TASKS)
+        rows = grid_rows(probs, itertools.product(args.plain_omegas, args.rhos), (100, 300),
+                         default_stop=False, precondition="none")
+        lines += table("plain metric (photon weights), 256², 60 views, 1e5 photons", rows)
     with atomic_file(args.out, overwrite=True) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")

@@ -52,3 +52,22 @@ def test_lanczos_norm_estimates_the_largest_singular_value():
     d = torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64))
     assert abs(lanczos_norm(lambda v: d @ v, torch.zeros(3, dtype=torch.float64), 6)
                - (3.0 * 1.05) ** 0.5) < 1e-9
+
+
+def test_weighted_dual_step_solves_its_equation_and_is_the_closed_form_without_weights():
+    """(I + σFW⁻¹)u⁺ = u + σF r to the inner CG's tolerance, for weights spanning 1e4; with
+    W = 1 the closed-form step."""
+    m = RampMetric(40, torch.float64, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(3)
+    u, r = (torch.randn(2, 1, 6, m.length, generator=gen, dtype=torch.float64)
+            for _ in range(2))
+    w = torch.exp(torch.empty(2, 1, 6, m.length, dtype=torch.float64).uniform_(-4.6, 4.6,
+                                                                              generator=gen))
+    sigma = 0.3
+    new = m.weighted_dual_step(u, r, sigma, w, tol=1e-10, maxiter=500)
+    lhs = new + sigma * m.apply(new / w)
+    rhs = u + sigma * m.apply(r)
+    assert float((lhs - rhs).norm() / rhs.norm()) < 1e-8
+    ones = torch.ones_like(w)
+    assert torch.allclose(m.weighted_dual_step(u, r, sigma, ones, tol=1e-12, maxiter=500),
+                          m.dual_step(u, r, sigma), atol=1e-9)

@@ -23,7 +23,7 @@ from .tv_data import TvDataBlock
 from .weights import photon_noise
 
 TV_LAM_SCALE = 0.5  # λ = TV_LAM_SCALE · σ · (mean column norm of A), see :func:`tv`
-TV_STEP_RATIO = 10.0  # τ/σ with the plain metric (photon weights), and its relaxation ρ:
+TV_STEP_RATIO = 10.0  # τ/σ with the plain metric (non-CT operators, or asked for), and ρ:
 TV_RELAXATION = 1.8  # of ω ∈ {10, 20, 40} × ρ ∈ {1, 1.5, 1.8} on real 256² validation slices
 # (60 views, 1e5 photons), (10, 1.8) led at 100 and 300 iterations: 35.69 dB after 300
 # against 34.67 for the earlier (10, 1) (docs/tuning/tv_steps.md)
@@ -32,7 +32,8 @@ TV_RAMP_RELAXATION = 1.5  # × ρ ∈ {1, 1.5, 1.8} on real validation slices (1
 # views at 1e5 photons and 30 noiseless), (2, 1.5) was within 0.4 dB of the best after 20
 # iterations and 0.25 dB after 40, 60, 100 and at the default stop, which it reached in 111
 # (128²) and 156 (256²) iterations against 159 and 220 for the earlier (5, 1); 256² after 40
-# iterations: 33.38 against 32.62 dB (docs/tuning/tv_steps.md)
+# iterations: 33.38 against 32.62 dB.  With photon weights (256², 60 views, 1e5) it also led
+# after 25 and 100 iterations: 35.12 and 35.81 dB (docs/tuning/tv_steps.md)
 TV_TOL = 5e-4  # relative change per iteration at which TV stops (within 0.1 dB of its limit
 # on 64²–256² chest phantoms, 60 views, 1e5 photons: 100–200 iterations)
 TV_PRECONDITIONERS = ("auto", "ramp", "none")
@@ -209,23 +210,23 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
     (``relaxation``) default to the values tuned per metric on real validation slices
     (``scripts/tune_tv_steps.py``).  The data block's dual metric Σ₁ (``precondition``):
 
-    * ``"ramp"`` (CT operators; ``ramp_metric``): K₁ = W̃^{1/2}A/L, Σ₁ = σF with F a ramp
-      filter along the detector, L = ‖F^{1/2}W̃^{1/2}A‖, u ← (I + σF)⁻¹(u + σF(K₁x̄ − ŷ)),
-      ŷ = W̃^{1/2}y/(L s); (ω, ρ) = TV_RAMP_STEP_RATIO, TV_RAMP_RELAXATION.  It whitens
-      AᵀA's 1/|k| spectrum (k the spatial frequency): on a 256² chest phantom, 60 views,
-      1e5 photons, it reached 38.8 dB in 100 iterations where the plain metric from zero
-      was at 29.7 dB (39.7 dB is the limit of both; both unrelaxed);
-    * ``"none"``: K₁ = A/L, Σ₁ = σI, L = ‖A‖, u ← (u + σ(K₁x̄ − ŷ))/(1 + σ/w̃), ŷ = y/(L s)
-      (the weights in the prox); (ω, ρ) = TV_STEP_RATIO, TV_RELAXATION;
-    * ``"auto"``: ramp for CT operators without ``photons``, else none: weights spanning
-      1 to 1e5 counts (a real 512² slice at 1e5 photons) leave F^{1/2}W̃^{1/2}A far from
-      whitened (300 ramp iterations: 23.2 dB, the plain scheme then: 31.2 dB).
+    * ``"ramp"`` (CT operators; ``ramp_metric``): K₁ = A/L on a padded detector,
+      Σ₁ = σF with F a ramp filter along the detector, L = ‖F^{1/2}A‖, ŷ = y/(L s) and the
+      weights W̃ (1 on the padding) in the prox: (I + σFW̃⁻¹)u = u + σF(K₁x̄ − ŷ), in closed
+      form without weights, else by a few inner CG iterations.  It whitens AᵀA's 1/|k|
+      spectrum (k the spatial frequency): on a 256² chest phantom, 60 views, 1e5 photons,
+      it reached 38.8 dB in 100 iterations where the plain metric from zero was at 29.7 dB
+      (39.7 dB is the limit of both; both unrelaxed).  Weights inside K₁ = W̃^{1/2}A/L
+      instead failed where they span 1e5, as on a real 512² slice at 1e5 photons: 21.9 dB,
+      the plain metric 32.1.  (ω, ρ) = TV_RAMP_STEP_RATIO, TV_RAMP_RELAXATION;
+    * ``"none"``: K₁ = A/L, Σ₁ = σI, L = ‖A‖, u ← (u + σ(K₁x̄ − ŷ))/(1 + σ/w̃), ŷ = y/(L s);
+      (ω, ρ) = TV_STEP_RATIO, TV_RELAXATION;
+    * ``"auto"``: ramp for CT operators, else none.
 
     ``init`` "fbp" starts CT operators from max(FBP(y), 0), "zeros" from 0, "auto" fbp with
     the ramp metric and zeros without.  Stops after ``iters`` iterations or once
     ‖x_{k+1} − x_k‖ ≤ ``tol``·‖x_{k+1}‖ for every item (None: TV_TOL with the ramp metric, 0
-    without, i.e. all ``iters``).  Non-CT operators and photon-weighted data therefore run
-    all ``iters`` iterations of the plain metric from zero.  ``lam`` None:
+    without, i.e. all ``iters``: non-CT operators run them all from zero).  ``lam`` None:
     :func:`default_tv_lam` (uses noise_std when given).  info: ``lam``, ``op_norm`` (L),
     ``iters`` (run), ``objective`` (the unscaled objective every ``log_every``
     iterations), ``precondition`` (the metric used), ``step_ratio`` and ``relaxation``
@@ -244,7 +245,7 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
     if not (math.isfinite(lam) and lam >= 0):
         raise MethodError(f"tv: lam must be a finite number >= 0, got {lam}")
     is_ct = getattr(op, "geometry", None) is not None
-    ramp = is_ct and (precondition == "ramp" or (precondition == "auto" and photons is None))
+    ramp = is_ct and precondition in ("ramp", "auto")
     tol = (TV_TOL if ramp else 0.0) if tol is None else tol
     start = ("fbp" if ramp else "zeros") if init == "auto" else init
     data = TvDataBlock(op, y.detach(), weights, ramp, seed)

@@ -1,9 +1,8 @@
-"""TV's data block K₁ = W̃^{1/2}A/L (ramp metric) or A/L (plain metric) with its dual metric
-and the pieces of the primal–dual iteration that touch it (``classical.tv``)."""
+"""TV's data block K₁ = A/L with its dual metric (ramp or plain), the photon weights in the
+prox of the data term's conjugate, and the pieces of the primal–dual iteration that touch it
+(``classical.tv``)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -16,52 +15,53 @@ PLAIN_NORM_ITERS = 30  # power iterations for ‖A‖ without the ramp metric
 
 
 class TvDataBlock:
-    """TV's data block K₁ with its dual metric (see :func:`tv`): with the ramp metric
-    K₁ = W̃^{1/2}A/L on a padded detector, else K₁ = A/L with W̃ in the prox."""
+    """TV's data block K₁ = A/L with its dual metric (see :func:`tv`): on a padded detector
+    with the ramp metric (L = ‖F^{1/2}A‖), else plain (L = ‖A‖); the weights W̃ are in the
+    prox of the data term's conjugate either way (1 on the padded bins)."""
 
     def __init__(self, op: LinearOperator, y: torch.Tensor, weights: torch.Tensor | float,
                  ramp: bool, seed: int):
         self.op = op
-        self.weights = weights
-        self.root_weights = weights.sqrt() if isinstance(weights, torch.Tensor) \
-            else math.sqrt(weights)
         self.y = y
         self.metric = RampMetric(op.out_shape[-1], y.dtype, y.device) if ramp else None
+        self.weights: torch.Tensor | float = weights
+        if self.metric is not None and isinstance(weights, torch.Tensor):
+            self.weights = self.metric.pad(weights - 1.0) + 1.0
         if self.metric is not None:
             like = torch.zeros(1, 1, *op.in_shape, dtype=y.dtype, device=y.device)
-            self.norm = self.metric.norm(self._weighted, self._weighted_adjoint, like, seed)
+            self.norm = self.metric.norm(self._unscaled, self._unscaled_adjoint, like, seed)
         else:
             self.norm = op.norm(iters=PLAIN_NORM_ITERS, seed=seed, device=y.device)
         if self.norm == 0:
             raise MethodError("tv: the operator is zero")
         with torch.no_grad():
-            self.target = (y if self.metric is None
-                           else self.metric.pad(self.root_weights * y)) / self.norm
+            self.target = (y if self.metric is None else self.metric.pad(y)) / self.norm
 
-    def _weighted(self, x: torch.Tensor) -> torch.Tensor:
-        """K₁x·L: W̃^{1/2}A x padded (ramp metric), else A x."""
-        if self.metric is None:
-            return self.op(x)
-        return self.metric.pad(self.root_weights * self.op(x))
+    def _unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """K₁x·L: A x (padded with the ramp metric)."""
+        ax = self.op(x)
+        return ax if self.metric is None else self.metric.pad(ax)
 
-    def _weighted_adjoint(self, u: torch.Tensor) -> torch.Tensor:
-        """K₁ᵀu·L: AᵀW̃^{1/2} of the cropped u (ramp metric), else Aᵀu."""
-        if self.metric is None:
-            return self.op.T(u)
-        return self.op.T(self.root_weights * self.metric.crop(u))
+    def _unscaled_adjoint(self, u: torch.Tensor) -> torch.Tensor:
+        """K₁ᵀu·L: Aᵀ of u (cropped with the ramp metric)."""
+        return self.op.T(u if self.metric is None else self.metric.crop(u))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """K₁x."""
-        return self._weighted(x) / self.norm
+        return self._unscaled(x) / self.norm
 
     def adjoint(self, u: torch.Tensor) -> torch.Tensor:
         """K₁ᵀu."""
-        return self._weighted_adjoint(u) / self.norm
+        return self._unscaled_adjoint(u) / self.norm
 
     def dual_step(self, u: torch.Tensor, residual: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The prox of the data term's conjugate in the block's metric at u + Σ₁(K₁x̄ − ŷ)."""
+        """The prox of the data term's conjugate in the block's metric at u + Σ₁(K₁x̄ − ŷ):
+        closed form in the plain metric and in the ramp metric without weights, an inner CG
+        in the ramp metric with weights (``RampMetric.weighted_dual_step``)."""
         if self.metric is None:
             return (u + sigma * residual) / (1.0 + sigma / self.weights)
+        if isinstance(self.weights, torch.Tensor):
+            return self.metric.weighted_dual_step(u, residual, sigma, self.weights)
         return self.metric.dual_step(u, residual, sigma)
 
     def back_projection(self) -> torch.Tensor:
@@ -81,5 +81,4 @@ class TvDataBlock:
     def misfit(self, kx: torch.Tensor, s: float) -> torch.Tensor:
         """½‖A x − y‖²_W̃ per item for x = s·x̂, from K₁x̂."""
         r = kx * (self.norm * s) - self.target * self.norm
-        weighted = r * r if self.metric is not None else self.weights * r * r
-        return 0.5 * weighted.flatten(2).sum(-1)
+        return 0.5 * (self.weights * r * r).flatten(2).sum(-1)
