@@ -30,6 +30,8 @@ from collections.abc import Callable
 
 import torch
 
+from .weights import pcg
+
 NORM_LANCZOS_STEPS = 10  # Lanczos steps for ‖F^{1/2}B‖²: at 64²–256² (parallel and fan beam,
 # 15–180 views) within 0.7 % of the converged ‖F^{1/2}B‖, where 15 power iterations were up
 # to 1.5 % short (the top of BᵀFB's spectrum is flat, which slows the power method)
@@ -78,32 +80,9 @@ class RampMetric:
         1/(1 + σ d² f̄) (f̄ the mean of f: F's diagonal) to a relative residual ``tol``."""
         d = weights.rsqrt()
         rhs = d * (u + sigma * self.apply(residual))
-
-        def apply(z: torch.Tensor) -> torch.Tensor:
-            return z + sigma * d * self.apply(d * z)
-
-        def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return (a * b).flatten(2).sum(-1)[..., None, None]
-
         jacobi = 1.0 / (1.0 + sigma * d * d * float(self.response.mean()))
-        s = d * u
-        r = rhs - apply(s)
-        z = jacobi * r
-        p, rz = z, dot(r, z)
-        stop = tol * tol * dot(rhs, rhs)
-        tiny = torch.finfo(u.dtype).tiny
-        for _ in range(maxiter):
-            active = dot(r, r) > stop
-            if not bool(active.any()):
-                break
-            ap = apply(p)
-            alpha = torch.where(active, rz / dot(p, ap).clamp_min(tiny), 0.0)
-            s = s + alpha * p
-            r = r - alpha * ap
-            z = jacobi * r
-            rz_new = dot(r, z)
-            p = z + torch.where(active, rz_new / rz.clamp_min(tiny), 0.0) * p
-            rz = rz_new
+        s = pcg(lambda z: z + sigma * d * self.apply(d * z), rhs, lambda r: jacobi * r,
+                d * u, tol, maxiter)[0]
         return s / d
 
     def norm(self, forward: Callable[[torch.Tensor], torch.Tensor],
