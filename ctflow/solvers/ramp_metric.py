@@ -1,6 +1,6 @@
-"""A ramp-filter metric for the data block of the primal–dual CT solvers (TV, MBIR).
+"""A ramp-filter metric for the data block of the primal–dual CT solver (TV).
 
-Why.  Chambolle–Pock on ½‖Bx − b‖² (B = W̃^{1/2}A) converges at the rate set by the
+Why.  Chambolle–Pock on ½‖Bx − b‖² (B = A, up to scale) converges at the rate set by the
 conditioning of BᵀB, and a CT system matrix's normal operator AᵀA acts like a 1/|ω| blur
 (its eigenvalues span the whole image spectrum), so low and high frequencies converge at
 very different speeds: on a 256² chest phantom, 60 views, plain Chambolle–Pock from zero
@@ -18,6 +18,11 @@ The dual variable u lives on the padded detector; B pads with zeros and Bᵀ cro
 data term ½‖z − b‖² the dual step is closed form in the Fourier domain:
 
     u ← (I + σF)⁻¹ (u + σF (B x̄ − b)).
+
+With photon weights W the data term ½‖z − b‖²_W keeps B = A and its dual step solves
+(I + σFW⁻¹)u⁺ = u + σF(Bx̄ − b) by a short CG (:meth:`RampMetric.weighted_dual_step`):
+folding W^{1/2} into B instead leaves F^{1/2}W^{1/2}A far from white where the weights
+span orders of magnitude (on a real 512² slice at 1e5 photons: 21.9 against 33.6 dB).
 
 The convergence condition ‖Σ^{1/2} K T^{1/2}‖ < 1 only needs ‖F^{1/2}B‖, which
 :meth:`RampMetric.norm` estimates by Lanczos on BᵀFB.
