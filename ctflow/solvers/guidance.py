@@ -28,7 +28,7 @@ since A P = A it is ŷ_t − P x̂1 for the *weighted* target
     ŷ_t = P (AᵀW̃A + ρ_t I)⁻¹(AᵀW̃y + ρ_t P x̂1)      (CG, warm-started at the last solve).
 
 On a GPU the solves after the start run a fixed number of masked CG iterations on the
-start's route (``weights.solve_weighted_normal_fixed``), so the sampling loop never waits
+start's route (``weights.solve_weighted_normal_route``), so the sampling loop never waits
 for a value to be read back to the host; on the CPU they stop as soon as they converge.
 
 AᵀW̃A + ρ_t I keeps A's row space, so the solve already lies in P's range (P only removes
@@ -49,7 +49,7 @@ from ..errors import MethodError
 from ..paths import interpolate, r2
 from ..priors.base import Prior
 from .common import ModelProblem, seeded_noise
-from .weights import solve_weighted_normal_fixed, solve_weighted_normal_route
+from .weights import solve_weighted_normal_route
 
 # CG of the weighted target (pre-log Poisson data): relative residual and iteration cap per
 # solve, warm-started at the previous step's solution (64² ct60: 40–80 plain CG iterations
@@ -131,16 +131,12 @@ class GuidanceTarget:
                 return self.problem.op.projected_solve_normal(self.aty + rho * p_x1, rho)
             op = self.problem.op
             rhs = self.aty + rho * p_x1
-            if self._route is None or host_reads_are_free(rhs.device):
-                self._last, route = solve_weighted_normal_route(
-                    op, self.weights, rhs, rho, x0=self._last, tol=WEIGHTED_CG_TOL,
-                    maxiter=WEIGHTED_CG_ITERS)
-                self._route = route if self._route is None else self._route
-            else:  # on a GPU, inside the loop: the start's route, no host reads
-                self._last = solve_weighted_normal_fixed(
-                    op, self.weights, rhs, rho, self._last, WEIGHTED_CG_TOL,
-                    WEIGHTED_CG_ITERS, preconditioned=self._route,
-                    mean_weight=self._mean_weight)
+            # on a GPU, after the start: the start's route, no host reads
+            fixed = None if host_reads_are_free(rhs.device) else self._route
+            self._last, route = solve_weighted_normal_route(
+                op, self.weights, rhs, rho, x0=self._last, tol=WEIGHTED_CG_TOL,
+                maxiter=WEIGHTED_CG_ITERS, route=fixed, mean_weight=self._mean_weight)
+            self._route = route if self._route is None else self._route
             return op.projector(self._last)
 
     def start(self, t0: float) -> torch.Tensor:

@@ -55,6 +55,7 @@ class RampMetric:
         self.length = 1 << max(1, math.ceil(math.log2(2 * self.det_count)))
         freq = torch.fft.rfftfreq(self.length, dtype=torch.float64).abs()
         self.response = freq.clamp_min(floor / self.length).to(device, dtype)
+        self.mean_response = float(freq.clamp_min(floor / self.length).mean())  # f̄
 
     def pad(self, s: torch.Tensor) -> torch.Tensor:
         """Zero-pad the detector axis from D to L."""
@@ -74,18 +75,19 @@ class RampMetric:
         return torch.fft.irfft(spectrum / (1.0 + sigma * self.response), n=self.length)
 
     def weighted_dual_step(self, u: torch.Tensor, residual: torch.Tensor, sigma: float,
-                           weights: torch.Tensor, tol: float = WEIGHTED_STEP_TOL,
+                           inv_root_weights: torch.Tensor, tol: float = WEIGHTED_STEP_TOL,
                            maxiter: int = WEIGHTED_STEP_ITERS) -> torch.Tensor:
-        """The dual step of ½‖z − b‖²_W (weights W on the padded detector) in the metric σF:
+        """The dual step of ½‖z − b‖²_W (weights W on the padded detector, given as
+        D = W^{-1/2}) in the metric σF:
 
             (I + σFW⁻¹) u⁺ = u + σF r,   r = Bx̄ − b,
 
-        symmetrised by u⁺ = W^{1/2}s, (I + σDFD) s = D(u + σFr) with D = W^{-1/2}, and solved
-        per item by conjugate gradients from s = Du with the Jacobi preconditioner
-        1/(1 + σ d² f̄) (f̄ the mean of f: F's diagonal) to a relative residual ``tol``."""
-        d = weights.rsqrt()
+        symmetrised by u⁺ = W^{1/2}s, (I + σDFD) s = D(u + σFr), and solved per item by
+        conjugate gradients from s = Du with the Jacobi preconditioner 1/(1 + σ d² f̄)
+        (f̄ the mean of f: F's diagonal) to a relative residual ``tol``."""
+        d = inv_root_weights
         rhs = d * (u + sigma * self.apply(residual))
-        jacobi = 1.0 / (1.0 + sigma * d * d * float(self.response.mean()))
+        jacobi = 1.0 / (1.0 + sigma * self.mean_response * d * d)
         s = pcg(lambda z: z + sigma * d * self.apply(d * z), rhs, lambda r: jacobi * r,
                 d * u, tol, maxiter)[0]
         return s / d

@@ -27,6 +27,7 @@ class TvDataBlock:
         self.weights: torch.Tensor | float = weights
         if self.metric is not None and isinstance(weights, torch.Tensor):
             self.weights = self.metric.pad(weights - 1.0) + 1.0
+            self.inv_root_weights = self.weights.rsqrt()  # D = W̃^{-1/2} of the dual step
         if self.metric is not None:
             like = torch.zeros(1, 1, *op.in_shape, dtype=y.dtype, device=y.device)
             self.norm = self.metric.norm(self._unscaled, self._unscaled_adjoint, like, seed)
@@ -61,7 +62,7 @@ class TvDataBlock:
         if self.metric is None:
             return (u + sigma * residual) / (1.0 + sigma / self.weights)
         if isinstance(self.weights, torch.Tensor):
-            return self.metric.weighted_dual_step(u, residual, sigma, self.weights)
+            return self.metric.weighted_dual_step(u, residual, sigma, self.inv_root_weights)
         return self.metric.dual_step(u, residual, sigma)
 
     def back_projection(self) -> torch.Tensor:

@@ -135,37 +135,30 @@ def solve_weighted_normal(op: LinearOperator, weights: torch.Tensor, rhs: torch.
 
 def solve_weighted_normal_route(op: LinearOperator, weights: torch.Tensor, rhs: torch.Tensor,
                                 rho: float, x0: torch.Tensor | None = None,
-                                tol: float = 1e-6, maxiter: int = 200
+                                tol: float = 1e-6, maxiter: int = 200, *,
+                                route: bool | None = None, mean_weight: float | None = None
                                 ) -> tuple[torch.Tensor, bool]:
-    """:func:`solve_weighted_normal` and whether it went on preconditioned (the route a
-    later :func:`solve_weighted_normal_fixed` can take without asking the device)."""
-    _check_rho(rho)
-    with torch.no_grad():
-        x, done = pcg(_weighted_apply(op, weights, rho), rhs, None, x0, tol, maxiter)
-        if not (rho > 0 and closed_form_white_solve(op)) or bool(done):
-            return x, False
-        precondition = _white_preconditioner(op, float(weights.double().mean()), rho)
-        return pcg(_weighted_apply(op, weights, rho), rhs, precondition, x, tol, maxiter)[0], \
-            True
+    """:func:`solve_weighted_normal` and whether it went on preconditioned.
 
-
-def solve_weighted_normal_fixed(op: LinearOperator, weights: torch.Tensor, rhs: torch.Tensor,
-                                rho: float, x0: torch.Tensor | None, tol: float, maxiter: int,
-                                preconditioned: bool, mean_weight: float) -> torch.Tensor:
-    """The same solve without reading anything on the host (for loops on a GPU, where every
-    read waits for the device): ``maxiter`` plain CG iterations, then ``maxiter``
-    preconditioned ones if ``preconditioned``, items that reached ``tol`` frozen in place
-    (α = 0) instead of ending the loop.  Same result as :func:`solve_weighted_normal` when
-    the route is the one it takes; the price is the iterations it would have skipped.
-    ``mean_weight`` is mean(w̃), read by the caller beforehand."""
+    ``route`` None: CG stops once every item converged (a host read per iteration) and
+    continues preconditioned only where it did not.  ``route`` given (the route an earlier
+    solve returned; for loops on a GPU, where every read waits for the device): nothing is
+    read on the host, ``maxiter`` plain iterations run, then ``maxiter`` preconditioned ones
+    if ``route``, items that reached ``tol`` frozen in place (α = 0) — the same result, at
+    the price of the iterations skipped otherwise; ``mean_weight`` = mean(w̃), read
+    beforehand by the caller."""
     _check_rho(rho)
+    adaptive = route is None
     apply = _weighted_apply(op, weights, rho)
     with torch.no_grad():
-        x = pcg(apply, rhs, None, x0, tol, maxiter, early_exit=False)[0]
-        if preconditioned and rho > 0 and closed_form_white_solve(op):
-            x = pcg(apply, rhs, _white_preconditioner(op, mean_weight, rho), x, tol, maxiter,
-                    early_exit=False)[0]
-        return x
+        x, done = pcg(apply, rhs, None, x0, tol, maxiter, early_exit=adaptive)
+        go_on = (not bool(done)) if adaptive else bool(route)
+        if not (go_on and rho > 0 and closed_form_white_solve(op)):
+            return x, False
+        omega = float(weights.double().mean()) if mean_weight is None else mean_weight
+        x = pcg(apply, rhs, _white_preconditioner(op, omega, rho), x, tol, maxiter,
+                early_exit=adaptive)[0]
+        return x, True
 
 
 def _check_rho(rho: float) -> None:
