@@ -11,9 +11,12 @@ iteration budgets and at TV's default stop (``tol``), with the iterations that t
 * ``ramp-photons`` (the ramp metric with the pre-log Poisson weights of ``photons`` in the
   prox): 60 views at 1e5 photons, 256²;
 * ``plain`` (the plain metric, ``precondition="none"``, with the photon weights): 60 views
-  at 1e5 photons, 256², at the default 300 iterations.
+  at 1e5 photons, 256², at the default 300 iterations;
+* ``image`` (the plain metric on the non-CT operators: the noiseless benchmark tasks
+  inpaint-box, inpaint-random, sr4 and blur of ``ctflow.bench.tasks``), at 64² and 128², at
+  100 and at the default 300 iterations.
 
-``--parts`` picks which of the three run (each writes its own table).
+``--parts`` picks which of them run (each writes its own table).
 
 Parallel beam, Poisson data with seed 0 (``ctflow.simulate``).  One thread.  Writes a
 Markdown report (the constants in ``classical.py`` cite it):
@@ -34,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import ctflow  # noqa: E402
+from ctflow.bench.tasks import get_task  # noqa: E402
 from ctflow.io.atomic import atomic_file  # noqa: E402
 from ctflow.metrics import evaluate  # noqa: E402
 from ctflow.operators import ParallelBeam2D  # noqa: E402
@@ -43,6 +47,7 @@ from ctflow.units import hu_to_mu, mu_to_hu  # noqa: E402
 
 RAMP_TASKS = (("ct60-1e5", 60, 1e5), ("ct30", 30, None))
 PHOTON_TASKS = (("ct60-1e5-photons", 60, 1e5),)
+IMAGE_TASKS = ("inpaint-box", "inpaint-random", "sr4", "blur")
 
 
 def problems(size: int, count: int, tasks) -> list[tuple[str, dict, np.ndarray]]:
@@ -60,6 +65,17 @@ def problems(size: int, count: int, tasks) -> list[tuple[str, dict, np.ndarray]]
                 kw = ({"photons": photons} if name.endswith("photons")
                       else {"noise_std": noise_std(clean, photons=photons)})
             out.append((name, {"y": y, "op": op, **kw}, hu))
+    return out
+
+
+def image_problems(size: int, count: int) -> list[tuple[str, dict, np.ndarray]]:
+    """The noiseless non-CT benchmark tasks (IMAGE_TASKS) on the validation slices."""
+    slices = validation_images(size, count, split="val")
+    out = []
+    for name in IMAGE_TASKS:
+        for i, hu in enumerate(slices):
+            prob = get_task(name).problem(hu.astype(np.float64), seed=i)
+            out.append((name, {"y": prob.y, "op": prob.op}, hu))
     return out
 
 
@@ -110,15 +126,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--ramp-omegas", type=float, nargs="+", default=[2.0, 3.0, 5.0])
     parser.add_argument("--plain-omegas", type=float, nargs="+", default=[10.0, 20.0, 40.0])
+    parser.add_argument("--image-omegas", type=float, nargs="+",
+                        default=[10.0, 30.0, 100.0, 300.0])
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--rhos", type=float, nargs="+", default=[1.0, 1.5, 1.8])
     parser.add_argument("--parts", nargs="+", default=["ramp", "ramp-photons", "plain"],
-                        choices=["ramp", "ramp-photons", "plain"])
+                        choices=["ramp", "ramp-photons", "plain", "image"])
     parser.add_argument("--out", default="docs/tuning/tv_steps.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     lines = ["# TV step ratio ω and relaxation ρ on real validation slices", "",
              f"`OMP_NUM_THREADS=1 python3 scripts/tune_tv_steps.py --images {args.images} "
-             f"--sizes {' '.join(map(str, args.sizes))} --parts {' '.join(args.parts)}`: the "
+             f"--sizes {' '.join(map(str, args.sizes))} "
+             f"--image-sizes {' '.join(map(str, args.image_sizes))} "
+             f"--parts {' '.join(args.parts)}`: the "
              f"validation split of the real CT pool ({args.images} slices per size, whole "
              "held-out patients), parallel beam, Poisson data with seed 0. Mean PSNR (dB, HU) "
              "after a fixed number of iterations (tol 0) and at TV's default stop (relative "
@@ -141,6 +162,13 @@ def main() -> None:
         rows = grid_rows(probs, itertools.product(args.plain_omegas, args.rhos), (100, 300),
                          default_stop=False, precondition="none")
         lines += table("plain metric (photon weights), 256², 60 views, 1e5 photons", rows)
+    if "image" in args.parts:
+        for size in args.image_sizes:
+            probs = image_problems(size, args.images)
+            rows = grid_rows(probs, itertools.product(args.image_omegas, args.rhos), (100, 300),
+                             default_stop=False)
+            lines += table(f"plain metric on the non-CT operators, {size}² "
+                           f"({', '.join(IMAGE_TASKS)}, noiseless)", rows)
     with atomic_file(args.out, overwrite=True) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")

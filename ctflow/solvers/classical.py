@@ -23,7 +23,7 @@ from .tv_data import TvDataBlock
 from .weights import photon_noise
 
 TV_LAM_SCALE = 0.5  # λ = TV_LAM_SCALE · σ · (mean column norm of A), see :func:`tv`
-TV_STEP_RATIO = 10.0  # τ/σ with the plain metric (non-CT operators, or asked for), and ρ:
+TV_STEP_RATIO = 10.0  # τ/σ with the plain metric on CT (precondition="none"), and ρ:
 TV_RELAXATION = 1.8  # of ω ∈ {10, 20, 40} × ρ ∈ {1, 1.5, 1.8} on real 256² validation slices
 # (60 views, 1e5 photons), (10, 1.8) led at 100 and 300 iterations: 35.69 dB after 300
 # against 34.67 for the earlier (10, 1) (docs/tuning/tv_steps.md)
@@ -34,6 +34,12 @@ TV_RAMP_RELAXATION = 1.5  # × ρ ∈ {1, 1.5, 1.8} on real validation slices (1
 # (128²) and 156 (256²) iterations against 159 and 220 for the earlier (5, 1); 256² after 40
 # iterations: 33.38 against 32.62 dB.  With photon weights (256², 60 views, 1e5) it also led
 # after 25 and 100 iterations: 35.12 and 35.81 dB (docs/tuning/tv_steps.md)
+TV_IMAGE_STEP_RATIO = 100.0  # τ/σ and ρ with the plain metric on non-CT operators (masks,
+TV_IMAGE_RELAXATION = 1.5  # super-resolution, blur): of ω ∈ {10, 30, 100, 300} × ρ ∈ {1,
+# 1.5, 1.8} on real validation slices (64², 128²; inpaint-box, inpaint-random, sr4, blur,
+# noiseless), (100, 1.5) was within 0.02 dB of the best after 300 iterations at both sizes:
+# 28.69 and 29.43 dB, against 25.19 and 24.96 for the CT plain metric's (10, 1.8), which left
+# the holes half filled (docs/tuning/tv_steps.md)
 TV_TOL = 5e-4  # relative change per iteration at which TV stops (within 0.1 dB of its limit
 # on 64²–256² chest phantoms, 60 views, 1e5 photons: 100–200 iterations)
 TV_PRECONDITIONERS = ("auto", "ramp", "none")
@@ -220,7 +226,7 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
       instead failed where they span 1e5, as on a real 512² slice at 1e5 photons: 21.9 dB,
       the plain metric 32.1.  (ω, ρ) = TV_RAMP_STEP_RATIO, TV_RAMP_RELAXATION;
     * ``"none"``: K₁ = A/L, Σ₁ = σI, L = ‖A‖, u ← (u + σ(K₁x̄ − ŷ))/(1 + σ/w̃), ŷ = y/(L s);
-      (ω, ρ) = TV_STEP_RATIO, TV_RELAXATION;
+      (ω, ρ) = TV_STEP_RATIO, TV_RELAXATION on CT, else TV_IMAGE_STEP_RATIO, ..._RELAXATION;
     * ``"auto"``: ramp for CT operators, else none.
 
     ``init`` "fbp" starts CT operators from max(FBP(y), 0), "zeros" from 0, "auto" fbp with
@@ -254,7 +260,7 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
         s = float(back.double().pow(2).mean().sqrt()) or 1.0
         yh = data.target / s
         lam_h = lam / (data.norm * data.norm * s)
-        steps = _tv_steps(ramp, step_ratio, relaxation)
+        steps = _tv_steps("ramp" if ramp else "plain" if is_ct else "image", step_ratio, relaxation)
         if start == "fbp" and is_ct:
             x, kx = data.start(nonneg)
             x, kx = x / s, kx / s
@@ -269,11 +275,13 @@ def tv(y: torch.Tensor, op: LinearOperator, *, prior: Any = None,
                                            "step_ratio": steps[0], "relaxation": steps[1]})
 
 
-def _tv_steps(ramp: bool, step_ratio: float | None, relaxation: float | None
+def _tv_steps(kind: str, step_ratio: float | None, relaxation: float | None
               ) -> tuple[float, float]:
-    """(ω, ρ): the given values, else the tuned ones of the metric in use."""
-    omega, rho = (TV_RAMP_STEP_RATIO, TV_RAMP_RELAXATION) if ramp else \
-        (TV_STEP_RATIO, TV_RELAXATION)
+    """(ω, ρ): the given values, else the tuned ones of ``kind``: "ramp" (CT, ramp metric),
+    "plain" (CT, plain metric) or "image" (non-CT operators, plain metric)."""
+    omega, rho = {"ramp": (TV_RAMP_STEP_RATIO, TV_RAMP_RELAXATION),
+                  "plain": (TV_STEP_RATIO, TV_RELAXATION),
+                  "image": (TV_IMAGE_STEP_RATIO, TV_IMAGE_RELAXATION)}[kind]
     return (omega if step_ratio is None else float(step_ratio),
             rho if relaxation is None else float(relaxation))
 
